@@ -1,0 +1,31 @@
+import os
+
+# Triton kernels run on CPU tensors through the interpreter; it must be set before import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A StableDiffusionPipeline folder with tiny random models (PNDM scheduler config, as SD2.1)."""
+    from tiue.testing.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_pipeline_dir(tmp_path_factory):
+    """As tiny_pipeline_dir, with v-prediction and linear attention projections (as SD2.x)."""
+    from tiue.testing.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(
+        tmp_path_factory.mktemp("models") / "tiny-sd-v",
+        prediction_type="v_prediction",
+        use_linear_projection=True,
+    )

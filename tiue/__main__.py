@@ -1,0 +1,5 @@
+import sys
+
+from tiue.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Generate images with a TiUE pipeline: one PNG per image (named by prompt index and seed)
+and a grid PNG, written to --out. Image i of prompt p is seeded with seed + p, so the images
+do not depend on --batch-size."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tiue.devices import DTYPE_NAMES
+from tiue.files import atomic_path
+
+__all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id or local folder of a TiUE-distilled SD pipeline")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
+    parser.add_argument("--steps", type=int, default=4, help="K, the decoder steps (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; prompt p uses seed + p (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
+    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
+    """Prompts from --prompt flags, then --prompt-file lines (blank lines skipped)."""
+    prompts = list(prompts)
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise ValueError(f"--prompt-file: no such file: {prompt_file}")
+        prompts += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("--prompt/--prompt-file: no prompt given; pass --prompt TEXT or --prompt-file FILE")
+    return prompts
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    return f"{prompt_index:05d}-seed{seed}.png"
+
+
+def make_grid(images: list, columns: int | None = None):
+    """One PIL image with `images` laid out row by row."""
+    from PIL import Image
+
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def _save_png(image, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+
+
+def run(args: argparse.Namespace) -> None:
+    from tiue.sampling import load_pipeline
+
+    prompts = read_prompts(args.prompt, args.prompt_file)
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out: exists and is not a folder: {args.out}")
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+
+    images = []
+    starts = range(0, len(prompts), args.batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch"):
+        batch = prompts[start : start + args.batch_size]
+        seeds = [args.seed + start + i for i in range(len(batch))]
+        generators = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
+        result = pipe(
+            batch,
+            num_inference_steps=args.steps,
+            height=args.height,
+            width=args.width,
+            generator=generators,
+            mode=args.mode,
+        ).images
+        # Files appear only once their batch succeeded, each written whole (temp name + rename).
+        args.out.mkdir(parents=True, exist_ok=True)
+        for offset, (image, seed) in enumerate(zip(result, seeds)):
+            _save_png(image, args.out / image_name(start + offset, seed))
+        images += result
+    _save_png(make_grid(images), args.out / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {args.out}")

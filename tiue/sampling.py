@@ -1,0 +1,68 @@
+"""`tiue.sample`: one call from a prompt to images, with pipelines cached per model/device/dtype."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from tiue.devices import resolve_device, resolve_dtype
+
+__all__ = ["sample", "load_pipeline", "clear_pipeline_cache"]
+
+_CACHE: dict[tuple[str, str, torch.dtype], object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype=None):
+    """A TiUEPipeline for `model` (hub id or local folder) on `device` in `dtype`, cached."""
+    from tiue.pipeline import TiUEPipeline
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model: expected a hub id or a local pipeline folder, got {model!r}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    key = (model, str(device), dtype)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            # Cast after loading: the from_pretrained dtype keyword changed name across diffusers.
+            pipe = TiUEPipeline.from_pretrained(model).to(device=device, dtype=dtype)
+            pipe.set_progress_bar_config(disable=True)
+            _CACHE[key] = pipe
+        return _CACHE[key]
+
+
+def clear_pipeline_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def sample(
+    prompt: str | list[str],
+    model: str | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **pipeline_kwargs,
+):
+    """Generate images for `prompt` in one pass; returns a list of PIL images.
+
+    Args:
+        prompt: a prompt or a list of prompts.
+        model: a hub id or a local folder of a TiUE-distilled SD 1.x / 2.x pipeline.
+        seed: seeds the initial noise (one generator on the sampling device).
+        device: "cuda", "cpu", ...; default CUDA when available, else CPU.
+        dtype: "fp16", "bf16", "fp32" or a torch dtype; default fp16 on CUDA, fp32 elsewhere.
+        **pipeline_kwargs: passed to `TiUEPipeline.__call__` (num_inference_steps, height, ...).
+    """
+    if model is None:
+        raise ValueError(
+            "model: required; pass a hub id such as 'senmaonk/loopfree-sd2.1-base' or a local "
+            "pipeline folder"
+        )
+    pipe = load_pipeline(model, device, dtype)
+    if seed is not None:
+        if "generator" in pipeline_kwargs:
+            raise ValueError("seed, generator: pass one of them, not both")
+        pipeline_kwargs["generator"] = torch.Generator(pipe.device).manual_seed(seed)
+    return pipe(prompt, **pipeline_kwargs).images

@@ -1,0 +1,84 @@
+"""Argument checks for the sampler: each error names the argument, the value and what is accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_call_arguments", "check_choice", "check_positive_int"]
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_positive_int(name: str, value, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f"1 <= {name} <= {maximum}" if maximum is not None else f"{name} >= 1"
+        raise ValueError(f"{name}: expected {bound}, got {value}")
+
+
+def _prompt_count(prompt, prompt_embeds) -> int:
+    if (prompt is None) == (prompt_embeds is None):
+        given = "both" if prompt is not None else "neither"
+        raise ValueError(f"prompt, prompt_embeds: pass exactly one of them, got {given}")
+    if prompt_embeds is not None:
+        if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.dim() != 3:
+            shape = tuple(prompt_embeds.shape) if isinstance(prompt_embeds, torch.Tensor) else type(prompt_embeds).__name__
+            raise ValueError(f"prompt_embeds: expected a (B, L, D) tensor, got {shape}")
+        if prompt_embeds.shape[0] == 0:
+            raise ValueError("prompt_embeds: got an empty batch (B = 0)")
+        return prompt_embeds.shape[0]
+    if isinstance(prompt, str):
+        return 1
+    if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+        raise TypeError(f"prompt: expected a string or a list of strings, got {prompt!r:.80}")
+    if len(prompt) == 0:
+        raise ValueError("prompt: got an empty list; pass at least one prompt")
+    return len(prompt)
+
+
+def check_call_arguments(
+    *,
+    prompt,
+    prompt_embeds,
+    num_inference_steps,
+    max_steps: int,
+    height,
+    width,
+    size_multiple: int,
+    num_images_per_prompt,
+    generator,
+    latents,
+    latent_channels: int,
+    output_type,
+    output_types: Sequence[str],
+    mode,
+    modes: Sequence[str],
+) -> int:
+    """Validate a pipeline call; returns the number of images to generate."""
+    check_choice("mode", mode, modes)
+    check_choice("output_type", output_type, output_types)
+    check_positive_int("num_inference_steps", num_inference_steps, max_steps)
+    check_positive_int("num_images_per_prompt", num_images_per_prompt)
+    for name, value in (("height", height), ("width", width)):
+        check_positive_int(name, value)
+        if value % size_multiple:
+            raise ValueError(
+                f"{name}: must be a multiple of {size_multiple} (the VAE's downsampling factor), "
+                f"got {value}"
+            )
+    batch_size = _prompt_count(prompt, prompt_embeds) * num_images_per_prompt
+    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+        raise ValueError(
+            f"generator: a list must hold one generator per image ({batch_size}), got {len(generator)}"
+        )
+    if latents is not None:
+        expected = (batch_size, latent_channels, height // size_multiple, width // size_multiple)
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"latents: expected shape {expected}, got {tuple(latents.shape)}")
+    return batch_size
