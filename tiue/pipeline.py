@@ -15,7 +15,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tiue import ops
+from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
 from tiue.schedule import as_ddim_scheduler, loopfree_coefficients
 from tiue.files import write_text_atomically
 from tiue.unet import TiUEUNet
@@ -68,6 +68,7 @@ class TiUEPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._tiue_unet: TiUEUNet | None = None
+        self._fast_path: FastPath | None = None
         self._coefficient_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
@@ -145,6 +146,83 @@ class TiUEPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
+    # -- fast path -----------------------------------------------------------------------
+
+    def enable_fast_path(
+        self,
+        compile: bool = True,
+        cuda_graphs: bool | None = None,
+        fuse_qkv: bool = True,
+        channels_last: bool = True,
+        compile_mode: str | None = None,
+    ) -> FastPathStats:
+        """Compile the one pass (fullgraph, no recompiles for a seen shape) and, on CUDA, capture
+        it into one CUDA graph per (batch, height, width, K, dtype). Call after `.to(device)`.
+
+        Args:
+            compile: torch.compile the encoder, batched decoder, combination and VAE decoder.
+            cuda_graphs: capture CUDA graphs; None means yes on CUDA, no elsewhere.
+            fuse_qkv: fuse attention projections (q/k/v, and k/v for cross-attention).
+            channels_last: channels_last memory format for the UNet and the VAE.
+            compile_mode: passed to torch.compile (default: inductor's default mode).
+
+        Returns the stats object (compile_seconds, capture_seconds, ...), also at
+        `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.
+        """
+        self.disable_fast_path()
+        self._fast_path = FastPath(
+            self,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            fuse_qkv=fuse_qkv,
+            channels_last=channels_last,
+            compile_mode=compile_mode,
+        )
+        return self._fast_path.stats
+
+    def disable_fast_path(self) -> None:
+        """Restore the eager path: unfused projections, default memory format, no graphs."""
+        if self._fast_path is not None:
+            self._fast_path.remove()
+            self._fast_path = None
+
+    @property
+    def fast_path_stats(self) -> FastPathStats | None:
+        return None if self._fast_path is None else self._fast_path.stats
+
+    def warmup(
+        self,
+        batch_sizes: list[int] = (1,),
+        resolutions: list[tuple[int, int]] | None = None,
+        num_inference_steps: int = 4,
+        output_type: str = "pil",
+    ) -> None:
+        """Compile (and capture) the fast path for each batch size and (height, width) now."""
+        if self._fast_path is None:
+            raise RuntimeError("warmup: call enable_fast_path() first")
+        default = self.unet.config.sample_size * self.vae_scale_factor
+        embeds = self.encode_prompt([""])
+        for height, width in resolutions or [(default, default)]:
+            for batch in batch_sizes:
+                self(
+                    prompt_embeds=embeds.expand(batch, -1, -1),
+                    num_inference_steps=num_inference_steps,
+                    height=height,
+                    width=width,
+                    output_type=output_type,
+                )
+
+    def load_unet_weights(self, path_or_state_dict) -> int:
+        """Copy new UNet weights of the same architecture into the live UNet, in place.
+
+        Accepts a state dict, a .safetensors file, a UNet folder or a pipeline folder. The
+        next call uses them without recompiling or recapturing. Returns the tensor count.
+        """
+        count = load_weights_in_place(self.unet, path_or_state_dict)
+        if self._fast_path is not None:
+            self._fast_path.refresh_timestep_embeddings()
+        return count
+
     # -- sampling ------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -207,37 +285,35 @@ class TiUEPipeline(DiffusionPipeline):
         )
 
         decode = output_type != "latent"
-        scale = 1.0 / self.vae.config.scaling_factor if decode else 1.0
         if mode == "loopfree":
-            out_dtype = self.vae.dtype if decode else latents.dtype
-            z0 = self._sample_loopfree(latents, prompt_embeds, num_inference_steps, scale, out_dtype)
+            image = self._loopfree_pass(latents, prompt_embeds, num_inference_steps, decode)
         else:
-            z0 = self._sample_loop(latents, prompt_embeds, num_inference_steps) * scale
-
+            z0 = self._sample_loop(latents, prompt_embeds, num_inference_steps)
+            if decode:
+                z0 = z0.to(self.vae.dtype) / self.vae.config.scaling_factor
+                image = self.vae.decode(z0, return_dict=False)[0]
+            else:
+                image = z0
         if decode:
-            image = self.vae.decode(z0.to(self.vae.dtype), return_dict=False)[0]
             image = self.image_processor.postprocess(
                 image, output_type=output_type, do_denormalize=[True] * image.shape[0]
             )
-        else:
-            image = z0
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return TiUEPipelineOutput(images=image)
 
-    def _sample_loopfree(
-        self,
-        latents: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        num_steps: int,
-        scale: float,
-        out_dtype: torch.dtype,
+    def _loopfree_pass(
+        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_steps: int, decode: bool
     ) -> torch.Tensor:
+        """The image in [-1, 1] (decode) or z_0, by the fast path when it is enabled."""
         timesteps, coeffs = self.loopfree_schedule(num_steps)
-        eps = self.tiue_unet(latents, timesteps.to(latents.device), prompt_embeds)
-        # One pass: the combination also applies the VAE's 1/scaling_factor and casts for it.
-        return ops.ddim_combine(latents, eps, coeffs, scale=scale, out_dtype=out_dtype)
+        if self._fast_path is not None:
+            return self._fast_path(latents, prompt_embeds, timesteps, coeffs, decode)
+        timesteps = timesteps.to(latents.device)
+        temb = self.tiue_unet.time_embedding(timesteps, latents.dtype)
+        one_pass = OnePass(self.tiue_unet, self.vae)
+        return one_pass(latents, prompt_embeds, timesteps, temb, tuple(coeffs.tolist()), decode)
 
     def _sample_loop(
         self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_steps: int

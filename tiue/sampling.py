@@ -10,24 +10,27 @@ from tiue.devices import resolve_device, resolve_dtype
 
 __all__ = ["sample", "load_pipeline", "clear_pipeline_cache"]
 
-_CACHE: dict[tuple[str, str, torch.dtype], object] = {}
+_CACHE: dict[tuple[str, str, torch.dtype, bool], object] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_pipeline(model: str, device: str | torch.device | None = None, dtype=None):
-    """A TiUEPipeline for `model` (hub id or local folder) on `device` in `dtype`, cached."""
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype=None, fast: bool = False):
+    """A TiUEPipeline for `model` (hub id or local folder) on `device` in `dtype`, cached;
+    `fast` enables the compiled (and on CUDA, graph-captured) fast path."""
     from tiue.pipeline import TiUEPipeline
 
     if not isinstance(model, str) or not model:
         raise ValueError(f"model: expected a hub id or a local pipeline folder, got {model!r}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key = (model, str(device), dtype)
+    key = (model, str(device), dtype, bool(fast))
     with _CACHE_LOCK:
         if key not in _CACHE:
             # Cast after loading: the from_pretrained dtype keyword changed name across diffusers.
             pipe = TiUEPipeline.from_pretrained(model).to(device=device, dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
+            if fast:
+                pipe.enable_fast_path()
             _CACHE[key] = pipe
         return _CACHE[key]
 
@@ -43,6 +46,7 @@ def sample(
     seed: int | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    fast: bool = False,
     **pipeline_kwargs,
 ):
     """Generate images for `prompt` in one pass; returns a list of PIL images.
@@ -53,6 +57,8 @@ def sample(
         seed: seeds the initial noise (one generator on the sampling device).
         device: "cuda", "cpu", ...; default CUDA when available, else CPU.
         dtype: "fp16", "bf16", "fp32" or a torch dtype; default fp16 on CUDA, fp32 elsewhere.
+        fast: use the fast path (torch.compile, and CUDA graphs on CUDA); the first call of
+            each new shape pays the compile.
         **pipeline_kwargs: passed to `TiUEPipeline.__call__` (num_inference_steps, height, ...).
     """
     if model is None:
@@ -60,7 +66,7 @@ def sample(
             "model: required; pass a hub id such as 'senmaonk/loopfree-sd2.1-base' or a local "
             "pipeline folder"
         )
-    pipe = load_pipeline(model, device, dtype)
+    pipe = load_pipeline(model, device, dtype, fast)
     if seed is not None:
         if "generator" in pipeline_kwargs:
             raise ValueError("seed, generator: pass one of them, not both")
