@@ -15,6 +15,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
 from tiue.schedule import as_ddim_scheduler, loopfree_coefficients
 from tiue.files import write_text_atomically
@@ -70,6 +71,12 @@ class TiUEPipeline(DiffusionPipeline):
         self._tiue_unet: TiUEUNet | None = None
         self._fast_path: FastPath | None = None
         self._coefficient_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a hub id, a local SD 1.x / 2.x pipeline folder, or an embedded model by name
+        (see `tiue.embedded`). Accepts diffusers' from_pretrained keyword arguments."""
+        return super().from_pretrained(resolve_model(str(pretrained_model_name_or_path)), **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """Save as a plain Stable Diffusion pipeline folder, loadable by this class and by

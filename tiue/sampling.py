@@ -7,6 +7,7 @@ import threading
 import torch
 
 from tiue.devices import resolve_device, resolve_dtype
+from tiue.embedded import default_model
 
 __all__ = ["sample", "load_pipeline", "clear_pipeline_cache"]
 
@@ -53,7 +54,8 @@ def sample(
 
     Args:
         prompt: a prompt or a list of prompts.
-        model: a hub id or a local folder of a TiUE-distilled SD 1.x / 2.x pipeline.
+        model: a hub id or a local folder of a TiUE-distilled SD 1.x / 2.x pipeline, or an
+            embedded model's name; default: the embedded default model, when installed.
         seed: seeds the initial noise (one generator on the sampling device).
         device: "cuda", "cpu", ...; default CUDA when available, else CPU.
         dtype: "fp16", "bf16", "fp32" or a torch dtype; default fp16 on CUDA, fp32 elsewhere.
@@ -62,10 +64,12 @@ def sample(
         **pipeline_kwargs: passed to `TiUEPipeline.__call__` (num_inference_steps, height, ...).
     """
     if model is None:
-        raise ValueError(
-            "model: required; pass a hub id such as 'senmaonk/loopfree-sd2.1-base' or a local "
-            "pipeline folder"
-        )
+        model = default_model()
+        if model is None:
+            raise ValueError(
+                "model: required (this installation has no embedded default model); pass a hub "
+                "id such as 'senmaonk/loopfree-sd2.1-base' or a local pipeline folder"
+            )
     pipe = load_pipeline(model, device, dtype, fast)
     if seed is not None:
         if "generator" in pipeline_kwargs:

@@ -12,13 +12,18 @@ import torch
 from tqdm.auto import tqdm
 
 from tiue.devices import DTYPE_NAMES
+from tiue.embedded import default_model
 from tiue.files import atomic_path
 
 __all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id or local folder of a TiUE-distilled SD pipeline")
+    parser.add_argument(
+        "--model",
+        help="hub id, local folder of a TiUE-distilled SD pipeline, or an embedded model's name "
+        "(default: the embedded default model, when installed)",
+    )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
     parser.add_argument("--steps", type=int, default=4, help="K, the decoder steps (default 4)")
@@ -29,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--fast", action="store_true", help="compiled fast path (CUDA graphs on CUDA)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
 
@@ -75,7 +81,10 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out: exists and is not a folder: {args.out}")
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+    model = args.model or default_model()
+    if model is None:
+        raise ValueError("--model: required (this installation has no embedded default model)")
+    pipe = load_pipeline(model, args.device, args.dtype, args.fast)
 
     images = []
     starts = range(0, len(prompts), args.batch_size)
