@@ -1,5 +1,6 @@
 """tiue: loop-free one-pass text-to-image sampling with the Time-independent Unified Encoder."""
 
+from tiue.attention import TiUECrossAttnProcessor
 from tiue.interpolation import interpolate_prompts
 from tiue.pipeline import TiUEPipeline, TiUEPipelineOutput
 from tiue.sampling import sample
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EncoderFeatures",
+    "TiUECrossAttnProcessor",
     "TiUEPipeline",
     "TiUEPipelineOutput",
     "TiUEUNet",

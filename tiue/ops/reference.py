@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tiue.ops.layout import attention_output_layout
 from tiue.ops.validation import accumulation_dtype
 
 __all__ = [
-    "attention_output_layout",
     "ddim_combine_reference",
     "gaussian_kl_backward_reference",
     "gaussian_kl_stats_reference",
@@ -47,7 +47,7 @@ def ddim_combine_reference(
 def gaussian_kl_stats_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample n: (KL, mean, unbiased variance), KL = -0.5 (1 + log var - mean^2 - var).
 
-    Two-pass variance (torch.var subtracts the mean first), accumulated in fp32 (fp64 for fp64).
+    torch.var_mean's variance is a stable one (never E[x^2] - E[x]^2); fp32 (fp64 for fp64).
     """
     flat = x.reshape(x.shape[0], -1).to(accumulation_dtype(x.dtype))
     var, mean = torch.var_mean(flat, dim=1, correction=1)
@@ -79,17 +79,6 @@ def gaussian_kl_backward_reference(
 # -- shared_kv_attention ----------------------------------------------------------------------
 
 
-def attention_output_layout(q: torch.Tensor) -> torch.Tensor:
-    """An empty (K, B, H, N, D) output laid out as (K, B, N, H, D) in memory.
-
-    That is the layout an attention processor needs next: merging the heads back into
-    (K*B, N, H*D) is then a view. Every backend and the fake return exactly this layout.
-    """
-    k_groups, batch, heads, tokens, head_dim = q.shape
-    buffer = q.new_empty((k_groups, batch, tokens, heads, head_dim))
-    return buffer.permute(0, 1, 3, 2, 4)
-
-
 def shared_kv_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
@@ -116,7 +105,7 @@ def shared_kv_attention_sdpa(
       costs nothing, and it is what we do.
     - Otherwise folding copies q (K*N*D values per (b, h)) and the result back to timestep-major
       order, while expanding k and v to the K*B batch copies 2*K*M*D values per (b, h) and keeps
-      q and the output as views. With M = 77 text tokens that is 2M/N of the q copy (4% at
+      a timestep-major q and the output as views. With M = 77 text tokens that is 2M/N of the q copy (4% at
       N = 4096), so we expand K/V whenever 2*M < N and fold (copying q) otherwise.
     """
     k_groups, batch, heads, tokens, head_dim = q.shape
