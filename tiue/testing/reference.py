@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def reference_loopfree_latents(
 ) -> torch.Tensor:
     """z_0 of TiUE sampling, by a per-step scheduler.step chain over reference decoder outputs."""
     unet = copy.deepcopy(unet)
-    unet.set_default_attn_processor()
+    unet.set_attn_processor(AttnProcessor2_0())  # diffusers' own attention, not tiue's
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(num_steps)
     outputs = reference_decoder_outputs(unet, noise, scheduler.timesteps, text)
