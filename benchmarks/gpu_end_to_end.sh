@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# One-shot end-to-end benchmark on one GPU (H100 / H200) without internet access: the
+# SD2.1-base architecture with random weights, fp16, 512x512, batch 1 and 16, in about 8 minutes.
+#
+#   bash benchmarks/gpu_end_to_end.sh
+#
+# 1. Installs what the GPU image lacks (diffusers, pytest, pytest-benchmark) from carried wheels
+#    in $TIUE_WHEELS_DIR, shared/wheels or benchmarks/wheels. The wheels (7.8 MB, Apache/MIT/BSD)
+#    are not committed; make them on a machine with a package index and carry them:
+#      pip download --no-deps -d benchmarks/wheels diffusers==0.42.1 pytest==9.0.3 pluggy==1.6.0 \
+#        iniconfig==2.3.0 pygments==2.20.0 pytest-benchmark==5.2.3 py-cpuinfo==9.0.0 \
+#        importlib_metadata==10.2.0 zipp==4.1.2
+#    then, with the device tool: run(command="bash benchmarks/gpu_end_to_end.sh",
+#    carry=["benchmarks/wheels"], timeout_s=600).
+# 2. Installs the repository: `pip install --no-build-isolation --no-deps -e .` without the CUDA
+#    extension (the fast path runs tiue's Triton kernels; TIUE_E2E_BUILD_CUDA=1 builds it too),
+#    within TIUE_E2E_INSTALL_TIMEOUT (default 60 s), and falls back to PYTHONPATH=. otherwise.
+# 3. Runs benchmarks/test_end_to_end.py under a total limit (TIUE_E2E_TIMEOUT, default 390 s) and
+#    a per-row limit (TIUE_E2E_ROW_TIMEOUT, default 150 s; compile and capture included). The
+#    50-step CFG row runs at batch 1 only, with 2 rounds. Results are rewritten after every
+#    row, so a run cut short still reports the rows it finished.
+# 4. Prints the Markdown table. Files go to benchmarks/results/ and, when $OUT is set, to $OUT
+#    too (with the pytest log).
+#
+# TIUE_E2E_DRY_RUN=1 checks the script's plumbing on a CPU machine: no installs, a tiny run of
+# two rows at the small scale, results in a temporary folder.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+TOTAL_TIMEOUT=${TIUE_E2E_TIMEOUT:-390}
+ROW_TIMEOUT=${TIUE_E2E_ROW_TIMEOUT:-150}
+INSTALL_TIMEOUT=${TIUE_E2E_INSTALL_TIMEOUT:-60}
+OUT_DIR=${OUT:-}
+LOG_DIR=$(mktemp -d)
+STATUS=0
+STARTED=$(date +%s)
+
+step() { printf '\n=== [%3d s] %s\n' "$(( $(date +%s) - STARTED ))" "$*"; }
+die() { printf 'gpu_end_to_end.sh: error: %s\n' "$*" >&2; exit 1; }
+has_module() { "$PYTHON" -c "import $1" >/dev/null 2>&1; }
+
+step "0/4 environment"
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+for module in torch transformers; do
+  has_module "$module" || die "python module '$module' is missing: this script expects it preinstalled"
+done
+DRY_RUN=${TIUE_E2E_DRY_RUN:-0}
+if [[ "$DRY_RUN" == 1 ]]; then
+  DEVICE=cpu
+  echo "dry run: CPU, small scale, no installs"
+else
+  DEVICE=cuda
+  "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || die "torch sees no CUDA device"
+  "$PYTHON" -c "import torch; print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}')"
+fi
+
+step "1/4 carried wheels"
+WHEEL_DIRS=()
+for dir in "${TIUE_WHEELS_DIR:-}" shared/wheels benchmarks/wheels; do
+  if [[ -n "$dir" && -d "$dir" ]] && compgen -G "$dir/*.whl" >/dev/null; then WHEEL_DIRS+=("$dir"); fi
+done
+FIND_LINKS=()
+for dir in ${WHEEL_DIRS[@]+"${WHEEL_DIRS[@]}"}; do FIND_LINKS+=(--find-links "$dir"); done
+echo "wheel folders: ${WHEEL_DIRS[*]:-none}"
+
+install_wheel() {  # install_wheel MODULE PACKAGE [optional]: from the carried wheels
+  local module=$1 package=$2 optional=${3:-}
+  if has_module "$module"; then echo "$package: already installed"; return 0; fi
+  if (( ${#WHEEL_DIRS[@]} > 0 )); then
+    "$PYTHON" -m pip install -q --no-index "${FIND_LINKS[@]}" "$package" && return 0
+    # A dependency the image lacks and we did not carry: try without dependencies, then import.
+    echo "$package: install with dependencies failed; trying --no-deps"
+    "$PYTHON" -m pip install -q --no-index --no-deps "${FIND_LINKS[@]}" "$package" && has_module "$module" && return 0
+  fi
+  [[ -n "$optional" ]] && { echo "$package: not installed; going on without it"; return 0; }
+  die "$package is missing and could not be installed from carried wheels (see the header of this script)"
+}
+if [[ "$DRY_RUN" != 1 ]]; then
+  install_wheel diffusers diffusers
+  install_wheel pytest pytest
+  install_wheel pytest_benchmark pytest-benchmark optional
+fi
+
+step "2/4 install the repository"
+export TIUE_SKIP_CUDA_BUILD=1
+[[ "${TIUE_E2E_BUILD_CUDA:-0}" == 1 ]] && unset TIUE_SKIP_CUDA_BUILD
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+if [[ "$DRY_RUN" != 1 ]] && timeout "$INSTALL_TIMEOUT" "$PYTHON" -m pip install --no-build-isolation \
+    --no-deps -e . >"$LOG_DIR/install.log" 2>&1 && "$PYTHON" -c "import tiue" 2>/dev/null; then
+  echo "installed (log: $LOG_DIR/install.log)"
+else
+  [[ -f "$LOG_DIR/install.log" ]] && tail -n 15 "$LOG_DIR/install.log" >&2
+  echo "pip install -e . skipped, failed or timed out: using PYTHONPATH=. instead"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PYTHON" -c "import tiue, diffusers; print('tiue from', tiue.__file__, '| diffusers', diffusers.__version__)" \
+  || die "import tiue failed"
+
+step "3/4 benchmark (limit ${TOTAL_TIMEOUT} s, ${ROW_TIMEOUT} s a row)"
+RESULTS_ARGS=()
+[[ -n "$OUT_DIR" ]] && mkdir -p "$OUT_DIR" && RESULTS_ARGS=(--tiue-extra-results-dir "$OUT_DIR")
+BENCH_ARGS=()
+has_module pytest_benchmark && BENCH_ARGS=(--benchmark-columns=median,iqr,rounds)
+export TRITON_INTERPRET=0 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+if [[ "$DRY_RUN" == 1 ]]; then
+  SCALE=small
+  RUN_ARGS=(--tiue-scale small --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 64 --tiue-rows c,e
+            --tiue-batch-sizes 1 --tiue-rounds 1 --tiue-results-dir "$LOG_DIR/results")
+else
+  SCALE=sd21
+  # Within each batch size, the rows the targets need come first, in case time runs out.
+  RUN_ARGS=(--tiue-scale sd21 --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 512
+            --tiue-rows f,c,b,e,f-unet,c-unet-compiled,d,c-unet,b-unet,e-unet,a
+            --tiue-batch-sizes 1,16 --tiue-compiled-batch-sizes 1,16
+            --tiue-teacher-batch-sizes 1 --tiue-teacher-rounds 2 --tiue-rounds 10 --tiue-warmup 2)
+fi
+set +e
+timeout --signal=TERM --kill-after=20 "$TOTAL_TIMEOUT" \
+  "$PYTHON" -m pytest benchmarks/test_end_to_end.py -q -s -p no:cacheprovider \
+    "${RUN_ARGS[@]}" --tiue-row-timeout "$ROW_TIMEOUT" \
+    ${RESULTS_ARGS[@]+"${RESULTS_ARGS[@]}"} ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} >"$LOG_DIR/pytest.log" 2>&1
+PYTEST_STATUS=$?
+set -e
+tail -n 25 "$LOG_DIR/pytest.log" | grep -v '^|' || true
+case $PYTEST_STATUS in
+  0) ;;
+  124|137) echo "WARNING: the benchmark hit its ${TOTAL_TIMEOUT} s limit; the table has the rows it finished" >&2; STATUS=1 ;;
+  *) echo "WARNING: pytest exited with $PYTEST_STATUS (a row failed; see the log)" >&2; STATUS=1 ;;
+esac
+
+step "4/4 results"
+RESULTS_DIR=benchmarks/results
+[[ "$DRY_RUN" == 1 ]] && RESULTS_DIR="$LOG_DIR/results"
+STEM=$("$PYTHON" - "$DEVICE" <<'PY'
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from e2e.environment import device_slug
+if sys.argv[1] == "cpu":
+    torch.set_num_threads(1)  # the suite's CPU default, which the CPU device name includes
+print(device_slug(torch.device(sys.argv[1])))
+PY
+) || STEM=""
+REPORT="$RESULTS_DIR/$STEM-$SCALE.md"
+if [[ -n "$STEM" && -f "$REPORT" ]]; then
+  cat "$REPORT"
+else
+  echo "no report was written (log: $LOG_DIR/pytest.log)" >&2
+  STATUS=1
+fi
+[[ -n "$OUT_DIR" ]] && cp "$LOG_DIR"/pytest.log "$OUT_DIR"/end_to_end_pytest.log 2>/dev/null || true
+step "done (status $STATUS)"
+exit "$STATUS"
