@@ -11,6 +11,7 @@ __all__ = ["main", "build_parser", "CommandError"]
 # Subcommand name -> module under tiue.cli with add_arguments(parser) and run(args).
 COMMANDS = {
     "sample": "Generate images from prompts in one pass.",
+    "train": "Distill a teacher into a TiUE student (VSD + KL, captions only).",
 }
 
 

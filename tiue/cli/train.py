@@ -1,0 +1,97 @@
+"""Distil a Stable Diffusion teacher into a TiUE student from captions only (VSD + KL).
+
+Settings come from the defaults, then --config FILE.yaml, then the flags given (flags win).
+One process: `tiue train ...`; many: `accelerate launch -m tiue train ...` or
+`torchrun --nproc_per_node N -m tiue train ...` (--batch-size is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tiue.train.config import DISTRIBUTED, MIXED_PRECISIONS, REPORT_TO
+
+__all__ = ["add_arguments", "run", "config_from_args"]
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Every default is SUPPRESS: only flags actually given override the YAML file and defaults.
+    s = argparse.SUPPRESS
+    parser.argument_default = s
+    add = parser.add_argument
+    add("--config", type=Path, help="YAML file of settings (keys as the flags, dashes or underscores)")
+    models = parser.add_argument_group("models and data")
+    models.add_argument("--teacher", help="SD 1.x/2.x pipeline: hub id or local folder")
+    models.add_argument("--student", help="initial student UNet (pipeline or UNet folder); default the teacher's")
+    models.add_argument("--captions", help=".txt (one per line), .jsonl, or a folder of them")
+    models.add_argument("--caption-field", help="field of a .jsonl record, dotted for nesting (e.g. Task2.Caption); "
+                        "default: caption, text, prompt or Task2.Caption")
+    models.add_argument("--output-dir", help="where checkpoints, logs and final/ go (default runs/tiue)")
+    length = parser.add_argument_group("length and batch")
+    length.add_argument("--max-steps", type=int, help="optimizer steps (default: --epochs worth)")
+    length.add_argument("--epochs", type=int, help="passes over the captions (default 1)")
+    length.add_argument("--batch-size", type=int, help="prompts per process per micro-step (default 8)")
+    length.add_argument("--global-batch-size", type=int, help="prompts per micro-step over all processes")
+    length.add_argument("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 1)")
+    length.add_argument("--resolution", type=int, help="image size in pixels (default: the teacher's)")
+    method = parser.add_argument_group("method (defaults from the paper)")
+    method.add_argument("--num-steps", type=int, help="K, the student's decoder steps (default 4)")
+    method.add_argument("--lambda-kl", type=float, help="weight of the KL sum (default 0.1)")
+    method.add_argument("--guidance-scale", type=float, help="CFG scale of both teachers (default 4.5)")
+    method.add_argument("--learning-rate", type=float, help="student Adam lr (default 1e-6)")
+    method.add_argument("--learning-rate-lora", type=float, help="fake-score LoRA Adam lr (default 1e-3)")
+    method.add_argument("--lr-warmup-steps", type=int, help="linear LR warm-up steps (default 0)")
+    method.add_argument("--lora-rank", type=int, help="default 64")
+    method.add_argument("--lora-alpha", type=float, help="default 108")
+    method.add_argument("--lora-targets", type=_comma_list, help="comma-separated module names (default to_q,to_v)")
+    method.add_argument("--ema-decay", type=float, help="default 0.9999")
+    method.add_argument("--max-grad-norm", type=float, help="gradient-norm clip of both models (default 1.0)")
+    method.add_argument("--clip-model", help="CLIP model (hub id or folder) for the optional alignment loss")
+    method.add_argument("--lambda-clip", type=float, help="weight of the CLIP alignment loss (needs --clip-model)")
+    method.add_argument("--clip-margin", type=float, help="tau in relu(tau - cos) (default 1.0: plain 1 - cos)")
+    machinery = parser.add_argument_group("machinery")
+    machinery.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="default no")
+    machinery.add_argument("--gradient-checkpointing", type=_bool, nargs="?", const=True, help="trade compute for memory")
+    machinery.add_argument("--distributed", choices=DISTRIBUTED, help="multi-process strategy (default ddp)")
+    machinery.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints (default 500)")
+    machinery.add_argument("--keep-checkpoints", type=int, help="how many recent checkpoints to keep (default 3)")
+    machinery.add_argument("--resume", help="'latest' or a checkpoint folder")
+    machinery.add_argument("--max-consecutive-nonfinite", type=int, help="stop after this many bad steps in a row (default 10)")
+    machinery.add_argument("--validate-every", type=int, help="steps between validation grids (default 0: at the end only)")
+    machinery.add_argument("--validation-prompts", action="append", help="a validation prompt (repeatable)")
+    machinery.add_argument("--report-to", choices=REPORT_TO, help="default tensorboard when installed")
+    machinery.add_argument("--log-every", type=int, help="steps between TensorBoard points (default 1)")
+    machinery.add_argument("--seed", type=int, help="default 0")
+    machinery.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available")
+
+
+def config_from_args(args: argparse.Namespace):
+    from tiue.train.config import TrainConfig
+
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "config")}
+    return TrainConfig.from_sources(getattr(args, "config", None), given)
+
+
+def run(args: argparse.Namespace) -> None:
+    from tiue.train import Trainer
+
+    config = config_from_args(args)
+    result = Trainer(config).fit()
+    if result.stopped_early:
+        print(f"stopped at step {result.step}; resume with --resume latest (checkpoint {result.checkpoint})")
+    else:
+        print(f"trained {result.step} steps; pipeline written to {result.final}")

@@ -1,0 +1,64 @@
+"""OUTPUT/final: a pipeline folder TiUEPipeline.from_pretrained loads, written atomically.
+
+    final/                 a plain Stable Diffusion pipeline folder (model_index.json, ...)
+    final/unet             the student's EMA weights (what users sample with)
+    final/unet_raw         the student's raw weights, a UNet2DConditionModel folder
+    final/lora             the fake-score LoRA adapter (diffusers/peft format)
+    final/tiue_training.json  the run's settings and final step
+
+Text encoder, tokenizer and VAE are re-read from the teacher in their stored precision,
+not taken from the run (which may hold them in bf16/fp16).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from tiue.files import atomic_directory
+from tiue.train.ema import EMA
+from tiue.train.models import LORA_ADAPTER
+
+__all__ = ["export_final"]
+
+
+def _unet_with(weights: dict[str, torch.Tensor], config) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel.from_config(config)
+    missing, unexpected = unet.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()}, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"export: EMA weights do not fit the UNet (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return unet
+
+
+def export_final(
+    output: str | Path,
+    *,
+    teacher: str,
+    student_unet: UNet2DConditionModel,
+    ema: EMA,
+    fake_score_unet,
+    scheduler,
+    summary: dict,
+) -> Path:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from tiue.pipeline import TiUEPipeline
+
+    output = Path(output)
+    ema_unet = _unet_with(ema.state_dict(), student_unet.config)
+    pipe = TiUEPipeline(
+        vae=AutoencoderKL.from_pretrained(teacher, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer"),
+        unet=ema_unet,
+        scheduler=scheduler,
+    )
+    with atomic_directory(output) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        student_unet.save_pretrained(tmp / "unet_raw", safe_serialization=True)
+        fake_score_unet.save_lora_adapter(tmp / "lora", adapter_name=LORA_ADAPTER, safe_serialization=True)
+        (tmp / "tiue_training.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return output

@@ -1,0 +1,181 @@
+"""The networks of a distillation run, loaded and set up as DESIGN.md section 1 says.
+
+- The frozen teacher and the LoRA "fake-score" teacher are ONE UNet with a peft LoRA adapter
+  (as the paper's code holds them); the frozen base weights are cast to the mixed-precision
+  dtype, the LoRA weights stay fp32 for their optimizer.
+- The student is a TiUEUNet over its own fp32 UNet, initialised from the teacher's weights
+  (or from --student).
+- Text encoder and VAE are frozen, in the mixed-precision dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+from tiue.unet import TiUEUNet, check_splittable
+
+__all__ = [
+    "TeacherParts",
+    "LORA_ADAPTER",
+    "BASE_ADAPTER",
+    "load_teacher_parts",
+    "load_student",
+    "add_fake_score_lora",
+    "lora_state_dict",
+    "load_lora_state_dict",
+    "per_sample_adapters",
+]
+
+LORA_ADAPTER = "fake_score"
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class TeacherParts:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: DDIMScheduler
+
+
+def _component_class(model: str, component: str) -> str | None:
+    """The class model_index.json names for `component` of a local pipeline folder, if any."""
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return None
+    entry = json.loads(index.read_text()).get(component)
+    return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+
+
+def _load_unet(model: str, flag: str) -> UNet2DConditionModel:
+    named = _component_class(model, "unet")
+    if named is not None and named != "UNet2DConditionModel":
+        raise TypeError(
+            f"{flag}: {model} holds a {named}, not a Stable Diffusion UNet2DConditionModel"
+        )
+    try:
+        subfolder = "unet" if not (Path(model) / "config.json").is_file() else None
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder=subfolder)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise ValueError(f"{flag}: cannot load a UNet from {model!r}: {str(error).splitlines()[0]}") from None
+    try:
+        check_splittable(unet)
+    except (TypeError, NotImplementedError) as error:
+        raise type(error)(f"{flag}: {model} is not a Stable Diffusion 1.x/2.x UNet ({error})") from None
+    return unet
+
+
+def load_teacher_parts(teacher: str, weight_dtype: torch.dtype) -> TeacherParts:
+    """Tokenizer, text encoder, VAE and UNet of an SD 1.x/2.x pipeline (hub id or folder),
+    frozen, in `weight_dtype`; the scheduler as a DDIMScheduler built from its config."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not Path(teacher).exists() and teacher.startswith((".", "/")):
+        raise ValueError(f"--teacher: no such folder: {teacher}")
+    unet = _load_unet(teacher, "--teacher")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(teacher, subfolder="vae")
+        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(teacher, subfolder="scheduler"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--teacher: {teacher!r} is not a Stable Diffusion pipeline (tokenizer, text_encoder, vae, "
+            f"scheduler, unet): {str(error).splitlines()[0]}"
+        ) from None
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False)
+        module.eval()
+        if module.dtype != weight_dtype:  # (casting to the same dtype only prints warnings)
+            module.to(dtype=weight_dtype)
+    return TeacherParts(tokenizer, text_encoder, vae, unet, scheduler)
+
+
+def load_student(student: str | None, teacher_unet: UNet2DConditionModel, teacher: str) -> TiUEUNet:
+    """The student: a TiUEUNet over an fp32 UNet from --student, or the teacher's weights."""
+    unet = _load_unet(student or teacher, "--student" if student else "--teacher")
+    # Keys starting with "_" record where and with what a config was saved, not the architecture.
+    differing = sorted(
+        k for k in set(unet.config) | set(teacher_unet.config)
+        if not k.startswith("_") and unet.config.get(k) != teacher_unet.config.get(k)
+    )
+    if student is not None and differing:
+        raise ValueError(
+            f"--student: its UNet config differs from the teacher's in {', '.join(differing[:5])}; "
+            "the student must have the teacher's architecture"
+        )
+    if unet.dtype != torch.float32:  # fp32 master weights
+        unet.to(dtype=torch.float32)
+    unet.requires_grad_(True)
+    unet.train()
+    return TiUEUNet(unet)
+
+
+def add_fake_score_lora(unet: UNet2DConditionModel, rank: int, alpha: float, targets) -> list[torch.nn.Parameter]:
+    """Attach the fake-score LoRA to the (frozen) teacher UNet; returns its fp32 parameters."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights="gaussian")
+    try:
+        unet.add_adapter(config, adapter_name=LORA_ADAPTER)
+    except ValueError as error:
+        raise ValueError(f"--lora-targets: {','.join(targets)} matched no layer of the teacher UNet ({error})") from None
+    params = [p for n, p in unet.named_parameters() if f".{LORA_ADAPTER}." in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in unet.named_parameters() if f".{LORA_ADAPTER}." in n}
+
+
+def load_lora_state_dict(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(unet.named_parameters())
+    expected = {n for n in params if f".{LORA_ADAPTER}." in n}
+    if expected != set(state):
+        raise ValueError(
+            f"LoRA state: expected {len(expected)} LoRA weights, the checkpoint holds {len(state)} "
+            "(was it written with other --lora-rank/--lora-targets?)"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def _inject_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
+@contextmanager
+def per_sample_adapters(unet: torch.nn.Module, adapter_names: list[str]):
+    """Run `unet` with the adapter chosen per sample: BASE_ADAPTER rows get the frozen teacher,
+    LORA_ADAPTER rows the fake-score teacher, all in one batched pass.
+
+    peft's LoRA layers take an `adapter_names` keyword ("mixed adapter batches"): the base layer
+    runs on the whole batch and each adapter's low-rank update is added to its rows only, the
+    same sum as a separate pass per adapter. This hooks that keyword into every LoRA layer.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    hook = partial(_inject_adapter_names, adapter_names=adapter_names)
+    handles = [
+        m.register_forward_pre_hook(hook, with_kwargs=True) for m in unet.modules() if isinstance(m, LoraLayer)
+    ]
+    if not handles:
+        raise ValueError("per_sample_adapters: the UNet has no LoRA layer")
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,154 @@
+"""The forward computations of one distillation step: student, VSD targets, LoRA loss.
+
+Batched to do fewer, bigger passes than the paper's code:
+- the student runs its encoder once and all K decoders as one batch (TiUEUNet), and its z_0
+  is one contraction over K (no K-fold copies of decoder inputs, no per-step loop);
+- the four VSD predictions (teacher / fake-score x conditional / unconditional) are ONE
+  no-grad UNet pass over 4B rows, the adapter chosen per row by peft's mixed adapter batch;
+- the KL over the K*B decoder outputs is one `tiue.ops.gaussian_kl` call.
+Backward passes and optimizer steps belong to the trainer.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler
+
+from tiue.schedule import loopfree_coefficients
+from tiue.train import losses
+from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
+from tiue.train.randomness import StepDraws
+
+__all__ = ["DistillationStep", "StudentResult"]
+
+
+@dataclass
+class StudentResult:
+    x0: torch.Tensor  # the student's z_0, fp32, differentiable
+    loss_vsd: torch.Tensor
+    loss_kl: torch.Tensor
+    loss_clip: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_vsd + self.loss_kl + self.loss_clip.to(self.loss_vsd.device)
+
+
+class DistillationStep:
+    """Losses of one step, given the student and the fake-score UNet (each may be DDP-wrapped).
+
+    Args:
+        student: callable (z_K, timesteps (K,), text) -> (K, B, C, h, w), i.e. a TiUEUNet.
+        fake_score: the teacher UNet carrying the LORA_ADAPTER adapter.
+        fake_score_unwrapped: the same UNet unwrapped, where the LoRA layers live (for hooks).
+        scheduler: the DDIMScheduler built from the teacher's scheduler config.
+        null_text: (1, L, D) embedding of the empty prompt, computed once per run.
+        clip, vae, lambda_clip, clip_margin: the optional CLIP alignment loss (clip=None: off).
+        autocast: a context-manager factory for the modules accelerate did not wrap (the VAE).
+    """
+
+    def __init__(
+        self,
+        student,
+        fake_score,
+        fake_score_unwrapped: torch.nn.Module,
+        scheduler: DDIMScheduler,
+        null_text: torch.Tensor,
+        num_steps: int,
+        guidance_scale: float,
+        lambda_kl: float,
+        device: torch.device,
+        clip=None,
+        vae=None,
+        lambda_clip: float = 0.0,
+        clip_margin: float = 1.0,
+        autocast=nullcontext,
+    ):
+        self.student = student
+        self.fake_score = fake_score
+        self.fake_score_unwrapped = fake_score_unwrapped
+        self.scheduler = scheduler
+        self.null_text = null_text
+        self.guidance_scale = guidance_scale
+        self.lambda_kl = lambda_kl
+        self.prediction_type = scheduler.config.prediction_type
+        self.timesteps, self.coeffs = loopfree_coefficients(scheduler, num_steps)
+        self.timesteps = self.timesteps.to(device)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.clip, self.vae = clip, vae
+        self.lambda_clip, self.clip_margin = lambda_clip, clip_margin
+        self.autocast = autocast
+
+    def null_batch(self, batch: int) -> torch.Tensor:
+        return self.null_text.expand(batch, *self.null_text.shape[1:])
+
+    # -- student: x0, KL and VSD -----------------------------------------------------------
+
+    def student_forward(self, text: torch.Tensor, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder outputs (K, B, C, h, w), x0 = the loop-free z_0)."""
+        outputs = self.student(draws.initial_noise, self.timesteps, text)
+        return outputs, losses.loopfree_latent(draws.initial_noise, outputs, self.coeffs)
+
+    @torch.no_grad()
+    def teacher_and_fake_score_eps(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CFG epsilon of the frozen teacher and of the fake-score teacher, in ONE pass.
+
+        Rows: [teacher cond | teacher uncond | lora cond | lora uncond], B each.
+        """
+        batch = noisy.shape[0]
+        rows = torch.cat([noisy] * 4)
+        texts = torch.cat([text, self.null_batch(batch)] * 2)
+        adapters = [BASE_ADAPTER] * (2 * batch) + [LORA_ADAPTER] * (2 * batch)
+        with per_sample_adapters(self.fake_score_unwrapped, adapters):
+            out = self.fake_score(rows, timesteps.repeat(4), texts, return_dict=False)[0].float()
+        teacher_cond, teacher_uncond, lora_cond, lora_uncond = out.chunk(4)
+        alpha = self.alphas_cumprod[timesteps]
+        eps_teacher = losses.to_epsilon(
+            losses.classifier_free_guidance(teacher_cond, teacher_uncond, self.guidance_scale),
+            noisy, alpha, self.prediction_type,
+        )
+        eps_lora = losses.to_epsilon(
+            losses.classifier_free_guidance(lora_cond, lora_uncond, self.guidance_scale),
+            noisy, alpha, self.prediction_type,
+        )
+        return eps_teacher, eps_lora
+
+    def student_losses(
+        self, text: torch.Tensor, draws: StepDraws, clip_text_features: torch.Tensor | None = None
+    ) -> StudentResult:
+        outputs, x0 = self.student_forward(text, draws)
+        loss_kl = losses.kl_loss(outputs, self.lambda_kl)
+        noisy = self.scheduler.add_noise(x0.detach(), draws.vsd_noise, draws.vsd_timesteps)
+        eps_teacher, eps_lora = self.teacher_and_fake_score_eps(noisy, draws.vsd_timesteps, text)
+        loss_vsd = losses.vsd_loss(x0, eps_teacher, eps_lora, self.alphas_cumprod[draws.vsd_timesteps])
+        result = StudentResult(x0=x0, loss_vsd=loss_vsd, loss_kl=loss_kl)
+        if self.clip is not None:
+            result.loss_clip = self.lambda_clip * self.clip_loss(x0, clip_text_features)
+        return result
+
+    def clip_loss(self, x0: torch.Tensor, clip_text_features: torch.Tensor) -> torch.Tensor:
+        """relu(tau - cos) of CLIP features of the decoded z_0 and of the captions."""
+        from tiue.train.clip_alignment import alignment_loss
+
+        with self.autocast():
+            latents = (x0 / self.vae.config.scaling_factor).to(self.vae.dtype)
+            images = self.vae.decode(latents).sample
+            image_features = self.clip.image_features(images)
+        return alignment_loss(image_features, clip_text_features, self.clip_margin)
+
+    # -- fake-score LoRA -------------------------------------------------------------------
+
+    def lora_loss(self, x0: torch.Tensor, text: torch.Tensor, draws: StepDraws) -> torch.Tensor:
+        """Denoising loss of the fake-score teacher on the student's (detached) samples."""
+        noisy = self.scheduler.add_noise(x0.detach(), draws.lora_noise, draws.lora_timesteps)
+        keep = ~draws.lora_null_prompt.reshape(-1, 1, 1)
+        text = torch.where(keep, text, self.null_batch(text.shape[0]).to(text.dtype))
+        out = self.fake_score(noisy, draws.lora_timesteps, text, return_dict=False)[0].float()
+        alpha = self.alphas_cumprod[draws.lora_timesteps]
+        eps_lora = losses.to_epsilon(out, noisy, alpha, self.prediction_type)
+        return losses.lora_loss(eps_lora, draws.lora_noise, alpha)
