@@ -34,12 +34,10 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def loopfree_latent(initial_noise: torch.Tensor, decoder_outputs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """z_0 = c_0 z_K + sum_k c_{k+1} out_k (paper eq. 11), differentiable, in fp32.
 
-    decoder_outputs: (K, B, C, h, w); coeffs: (K+1,). One contraction over K: no per-step
-    Python loop and no K-fold copy.
+    decoder_outputs: (K, B, C, h, w); coeffs: (K+1,) on the CPU. The sampler's fused op,
+    whose backward is registered, so training and sampling share one combination.
     """
-    coeffs = coeffs.to(device=decoder_outputs.device, dtype=torch.float32)
-    combined = torch.tensordot(coeffs[1:], decoder_outputs.float(), dims=1)
-    return coeffs[0] * initial_noise.float() + combined
+    return ops.ddim_combine(initial_noise, decoder_outputs, coeffs, out_dtype=torch.float32)
 
 
 def kl_loss(decoder_outputs: torch.Tensor, lambda_kl: float) -> torch.Tensor:
