@@ -12,6 +12,8 @@ __all__ = ["main", "build_parser", "CommandError"]
 COMMANDS = {
     "sample": "Generate images from prompts in one pass.",
     "train": "Distill a teacher into a TiUE student (VSD + KL, captions only).",
+    "eval": "Measure a model: FID, precision, recall, F1, density, coverage, text-image agreement.",
+    "world": "The shapes world: retrain its models from recipes, write captions, embed models.",
 }
 
 

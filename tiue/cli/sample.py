@@ -1,6 +1,8 @@
 """Generate images with a TiUE pipeline: one PNG per image (named by prompt index and seed)
 and a grid PNG, written to --out. Image i of prompt p is seeded with seed + p, so the images
-do not depend on --batch-size."""
+do not depend on --batch-size, nor on the number of processes: under `torchrun` or
+`accelerate launch` each process samples its own block of the prompts, and rank 0 gathers
+the images and writes the grid."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 
 from tiue.devices import DTYPE_NAMES
 from tiue.embedded import default_model
+from tiue.eval.sharding import ProcessGroup
 from tiue.files import atomic_path
 
 __all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
@@ -85,12 +88,23 @@ def run(args: argparse.Namespace) -> None:
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
     pipe = load_pipeline(model, args.device, args.dtype, args.fast)
+    group = ProcessGroup.from_environment()
+    try:
+        _sample_shard(pipe, prompts, group, args)
+    finally:
+        group.barrier()
+        group.close()
 
+
+def _sample_shard(pipe, prompts: list[str], group, args: argparse.Namespace) -> None:
+    """Sample this process's block of prompts; rank 0 gathers every image and writes the grid."""
+    mine = list(group.shard(len(prompts)))
     images = []
-    starts = range(0, len(prompts), args.batch_size)
-    for start in tqdm(starts, desc="sampling", unit="batch"):
-        batch = prompts[start : start + args.batch_size]
-        seeds = [args.seed + start + i for i in range(len(batch))]
+    starts = range(0, len(mine), args.batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch", disable=not group.is_main):
+        indices = mine[start : start + args.batch_size]
+        batch = [prompts[i] for i in indices]
+        seeds = [args.seed + i for i in indices]
         generators = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
         result = pipe(
             batch,
@@ -102,8 +116,12 @@ def run(args: argparse.Namespace) -> None:
         ).images
         # Files appear only once their batch succeeded, each written whole (temp name + rename).
         args.out.mkdir(parents=True, exist_ok=True)
-        for offset, (image, seed) in enumerate(zip(result, seeds)):
-            _save_png(image, args.out / image_name(start + offset, seed))
+        for index, image, seed in zip(indices, result, seeds):
+            _save_png(image, args.out / image_name(index, seed))
         images += result
+    gathered = group.gather(images)
+    if not group.is_main:
+        return
+    images = [image for part in gathered for image in part]  # blocks arrive in rank order
     _save_png(make_grid(images), args.out / "grid.png")
     print(f"wrote {len(images)} images and grid.png to {args.out}")

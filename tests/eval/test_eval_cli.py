@@ -1,0 +1,102 @@
+"""`tiue eval` end to end on tiny models, the teacher CFG sampler, real-model feature paths."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiue.cli import main
+from tiue.eval.runner import METRIC_KEYS
+
+
+def _eval(args, tmp_path, name="out.json"):
+    out = tmp_path / name
+    assert main(["eval", *map(str, args), "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_writes_every_metric(tiny_pipeline_dir, tiny_features_dir, tmp_path, capsys):
+    result = _eval(["--model", tiny_pipeline_dir, "--features", tiny_features_dir, "--num-images", 8,
+                    "--steps", 2, "--batch-size", 3], tmp_path)
+    assert set(METRIC_KEYS) <= set(result)
+    for key in METRIC_KEYS:
+        assert math.isfinite(result[key]), key
+    assert 0 <= result["accuracy"] <= 1 and result["seconds_per_image"] > 0
+    assert result["num_images"] == 8 and result["feature_extractor"] == "shapes"
+    assert "FID" in capsys.readouterr().out
+
+
+def test_eval_teacher_with_guidance(tiny_pipeline_dir, tiny_features_dir, tmp_path):
+    result = _eval(["--model", tiny_pipeline_dir, "--features", tiny_features_dir, "--num-images", 6,
+                    "--steps", 2, "--mode", "loop", "--guidance-scale", 2.0], tmp_path)
+    assert result["settings"]["guidance_scale"] == 2.0 and math.isfinite(result["fid"])
+
+
+def test_guidance_scale_needs_the_loop_sampler(tiny_pipeline_dir, capsys):
+    assert main(["eval", "--model", str(tiny_pipeline_dir), "--guidance-scale", "3"]) == 1
+    assert "--guidance-scale" in capsys.readouterr().err
+
+
+def test_guided_sampler_at_scale_one_is_the_plain_ddim_loop(tiny_pipeline_dir):
+    from tiue.eval.guided import sample_with_guidance
+    from tiue.pipeline import TiUEPipeline
+
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "a blue square"]
+    ours = sample_with_guidance(pipe, prompts, 3, 1.0, torch.Generator().manual_seed(0), "latent")
+    theirs = pipe(prompts, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent", mode="loop").images
+    torch.testing.assert_close(ours, theirs)
+    # Guidance changes the result, and g = 2 is eps_u + 2 (eps_c - eps_u).
+    guided = sample_with_guidance(pipe, prompts, 3, 2.0, torch.Generator().manual_seed(0), "latent")
+    assert not torch.allclose(guided, ours)
+
+
+def test_gigagan_preprocessing_crops_the_centre_then_resizes():
+    from tiue.eval.preprocessing import center_crop_resize
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, 10:50] = 255  # the centred 40x40 square is white, the sides black
+    out = center_crop_resize(Image.fromarray(pixels))
+    assert out.shape == (256, 256, 3) and out.min() == 255
+
+
+def test_eval_real_model_path_with_local_inception_and_clip(tiny_pipeline_dir, tmp_path):
+    from standins import save_tiny_clip, save_tiny_inception
+
+    from tiue.data.shapes import generate
+
+    real = tmp_path / "real"
+    real.mkdir()
+    batch = generate(8, seed=0)
+    for i, image in enumerate(batch.images):
+        Image.fromarray(image).resize((48, 40)).save(real / f"{i}.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(batch.captions[:4]) + "\n")
+    result = _eval(["--model", tiny_pipeline_dir, "--prompt-file", prompts, "--real-images", real,
+                    "--inception", save_tiny_inception(tmp_path / "inception.pt"),
+                    "--clip", save_tiny_clip(tmp_path / "clip"), "--num-images", 8, "--steps", 2], tmp_path)
+    assert result["feature_extractor"] == "inception" and result["num_real"] == 8
+    assert -1 <= result["clip_score"] <= 1 and result["accuracy"] is None
+    assert math.isfinite(result["fid"])
+
+
+def test_real_model_path_names_missing_inputs(tiny_pipeline_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    assert main(["eval", "--model", str(tiny_pipeline_dir), "--prompt-file", str(prompts)]) == 1
+    assert "--real-images" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_pipeline_dir), "--prompt-file", str(prompts), "--real-images",
+                 str(tmp_path), "--inception", str(tmp_path / "missing.pt"), "--num-images", "6"]) == 1
+    assert "--inception" in capsys.readouterr().err
+
+
+def test_reference_metrics_measure_the_generator_against_itself(tiny_features_dir):
+    from tiue.eval.runner import reference_metrics
+
+    result = reference_metrics(12, seed=0, features=tiny_features_dir)
+    assert set(METRIC_KEYS) <= set(result) and result["seconds_per_image"] is None
+    assert math.isfinite(result["fid"]) and 0 <= result["accuracy"] <= 1

@@ -1,0 +1,123 @@
+"""The shapes world's models: tokenizer, recipes (a few steps each), embedding."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiue.data.shapes import vocabulary
+from tiue.world.tokenizer import build_world_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_world_word_is_one_token(tmp_path):
+    tokenizer = build_world_tokenizer(tmp_path, vocabulary())
+    for word in vocabulary():
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+    assert tokenizer.model_max_length == 16
+    # Words outside the world still tokenize, one byte character at a time.
+    assert tokenizer.tokenize("zebra") == ["z", "e", "b", "r", "a</w>"]
+    ids = tokenizer("a small blue square on a yellow background").input_ids
+    assert len(ids) == 10  # start + 8 words + end
+
+
+def test_teacher_recipe_runs_a_few_steps(tmp_path):
+    from tiue.pipeline import TiUEPipeline
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    overrides = {
+        "output_dir": str(tmp_path / "teacher"),
+        "dataset_size": 16,
+        "vae.steps": 2,
+        "vae.batch_size": 4,
+        "teacher.steps": 2,
+        "teacher.batch_size": 4,
+        "teacher.warmup_steps": 1,
+    }
+    result = run_recipe(load_recipe(REPO / "configs/shapes-teacher.yaml"), overrides)
+    assert (tmp_path / "teacher" / "wall_time.txt").is_file()
+    index = json.loads((result.final / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    pipe = TiUEPipeline.from_pretrained(result.final)
+    assert pipe.tokenizer.model_max_length == 16
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_features_recipe_runs_a_few_steps(tmp_path):
+    from tiue.world.features import ShapesFeatureNet
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    overrides = {"output_dir": str(tmp_path / "features"), "dataset_size": 16, "features.steps": 2, "features.batch_size": 4}
+    result = run_recipe(load_recipe(REPO / "configs/shapes-features.yaml"), overrides)
+    net = ShapesFeatureNet.from_pretrained(result.final)
+    features, logits = net(torch.zeros(2, 3, 32, 32))
+    assert features.shape == (2, 64) and logits["shape"].shape == (2, 4)
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job: painting\n")
+    with pytest.raises(ValueError, match="job: expected one of teacher, features"):
+        load_recipe(bad)
+    bad.write_text("job: features\nfeatures: {colour_depth: 3}\n")
+    with pytest.raises(ValueError, match="colour_depth"):
+        run_recipe(load_recipe(bad), {"output_dir": str(tmp_path / "x")})
+
+
+@pytest.mark.parametrize("name", ["tiue", "tiue-nokl", "vsd"])
+def test_distillation_recipes_are_trainer_configs(name):
+    from tiue.train.config import TrainConfig
+
+    config = TrainConfig.from_sources(REPO / f"configs/shapes-{name}.yaml", {})
+    assert config.num_steps == (1 if name == "vsd" else 4)
+    assert config.lambda_kl == (0.1 if name == "tiue" else 0.0)
+    assert Path(REPO / config.captions).is_file()
+
+
+def test_caption_file_is_the_world_caption_space():
+    from tiue.data.shapes import caption_space
+
+    assert (REPO / "configs/shapes-captions.txt").read_text().splitlines() == caption_space()
+
+
+def test_distillation_recipe_runs_a_step(tiny_pipeline_dir, tmp_path):
+    from tiue.cli import main
+    from tiue.pipeline import TiUEPipeline
+
+    output = tmp_path / "run"
+    code = main([
+        "train", "--config", str(REPO / "configs/shapes-tiue.yaml"), "--teacher", str(tiny_pipeline_dir),
+        "--captions", str(REPO / "configs/shapes-captions.txt"), "--output-dir", str(output),
+        "--max-steps", "1", "--batch-size", "2", "--lora-rank", "4",
+    ])
+    assert code == 0
+    pipe = TiUEPipeline.from_pretrained(output / "final")
+    assert pipe("a red circle", num_inference_steps=4, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def test_embed_stores_diffusers_weights_in_half_precision(tiny_pipeline_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from tiue.pipeline import TiUEPipeline
+    from tiue.world.embedding import embed_model
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_pipeline_dir, source)
+    (source / "unet_raw").mkdir()  # a trainer's artefact beside the components: not shipped
+    (source / "unet_raw" / "weights.safetensors").write_bytes(b"")
+    target = embed_model(source, "tiny", fp16=True, root=tmp_path / "embedded")
+    assert not (target / "unet_raw").exists() and (target / "model_index.json").is_file()
+    unet = load_file(str(next((target / "unet").glob("*.safetensors"))))
+    text = load_file(str(next((target / "text_encoder").glob("*.safetensors"))))
+    assert {v.dtype for v in unet.values()} == {torch.float16}
+    assert {v.dtype for v in text.values()} == {torch.float32}
+    pipe = TiUEPipeline.from_pretrained(target)
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    with pytest.raises(ValueError, match="--name"):
+        embed_model(source, "../x", root=tmp_path)

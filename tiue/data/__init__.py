@@ -1,0 +1,1 @@
+"""Data the project generates itself: the shapes world (`tiue.data.shapes`)."""

@@ -1,0 +1,28 @@
+"""Evaluation: metrics from feature arrays, feature extractors, sampling, and the runner.
+
+fid: Frechet distance. prdc: precision, recall, density, coverage (k-NN manifolds, Naeem et
+al. 2020) and F1. agreement: text-image agreement (attribute accuracy, CLIP score).
+extractors: the shapes feature network, Inception (TorchScript) and CLIP feature extractors.
+preprocessing: GigaGAN's protocol for real-model evaluation. guided: teacher DDIM sampling
+with classifier-free guidance. sharding: prompts split across processes. runner: `evaluate`.
+Submodules are imported on first use, so `tiue.eval.sharding` costs no scipy import.
+"""
+
+import importlib
+
+__all__ = ["frechet_distance", "fid_from_features", "prdc", "f1_score", "evaluate", "EvalSpec"]
+
+_WHERE = {
+    "frechet_distance": "tiue.eval.fid",
+    "fid_from_features": "tiue.eval.fid",
+    "prdc": "tiue.eval.prdc",
+    "f1_score": "tiue.eval.prdc",
+    "evaluate": "tiue.eval.runner",
+    "EvalSpec": "tiue.eval.runner",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'tiue.eval' has no attribute {name!r}")

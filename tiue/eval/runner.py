@@ -1,0 +1,234 @@
+"""`evaluate`: sample a model on a prompt set, extract features, and measure it.
+
+Shapes world (the default): the reference is N scenes of the generator drawn from an
+evaluation seed stream (never the training seeds), and the prompts are those scenes' captions,
+so real and generated sets share one caption distribution (as COCO evaluations pair captions
+with their photos). Features come from the shapes feature network; its heads give the
+attribute accuracy. Real models: --prompt-file, --real-images and a local --inception file
+(and --clip for CLIP score), all images under GigaGAN's protocol.
+
+Image i is seeded with seed + i whatever the batch size or number of processes, so a sharded
+run (torchrun / accelerate launch) gives the same numbers as a single process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiue.eval.agreement import attribute_accuracy, clip_score
+from tiue.eval.fid import fid_from_features
+from tiue.eval.prdc import f1_score, prdc
+from tiue.eval.sharding import ProcessGroup
+
+__all__ = ["EvalSpec", "evaluate", "measure", "reference_metrics", "sample_images", "reference_scenes", "REFERENCE_SEED_OFFSET", "METRIC_KEYS"]
+
+# Evaluation scenes come from seeds offset by this, far from the recipes' training seeds.
+REFERENCE_SEED_OFFSET = 1_000_003
+METRIC_KEYS = ("fid", "precision", "recall", "f1", "density", "coverage", "accuracy", "seconds_per_image")
+MODES = ("loopfree", "loop")
+
+
+@dataclass
+class EvalSpec:
+    model: str
+    steps: int = 4
+    mode: str = "loopfree"
+    guidance_scale: float | None = None  # teacher CFG (DDIM loop); None: the pipeline as it is
+    num_images: int = 256
+    seed: int = 0
+    batch_size: int = 64
+    prompt_file: Path | None = None
+    real_images: Path | None = None
+    features: Path | None = None  # shapes feature network folder (default: embedded)
+    inception: Path | None = None
+    clip: Path | None = None
+    nearest_k: int = 5
+    device: str | None = None
+    dtype: str | None = None
+
+    def validate(self) -> None:
+        checks = [
+            ("--steps", self.steps, self.steps >= 1, "an integer >= 1"),
+            ("--num-images", self.num_images, self.num_images > self.nearest_k, f"an integer > k = {self.nearest_k}"),
+            ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
+            ("--mode", self.mode, self.mode in MODES, " or ".join(MODES)),
+        ]
+        for flag, value, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"{flag}: expected {accepted}, got {value!r}")
+        if self.guidance_scale is not None:
+            if self.mode != "loop":
+                raise ValueError(
+                    f"--guidance-scale: classifier-free guidance applies to teacher sampling (--mode loop); "
+                    f"got --mode {self.mode}, whose loop-free sampler has no guidance"
+                )
+            if self.guidance_scale < 1.0:
+                raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
+        if self.prompt_file is not None and self.real_images is None:
+            raise ValueError("--real-images: required with --prompt-file (the folder of real images to compare with)")
+        if self.clip is not None and self.inception is None and self.prompt_file is not None:
+            pass  # CLIP score alone is fine; FID then uses the shapes network or fails clearly
+
+
+def reference_scenes(num_images: int, seed: int, resolution: int = 32):
+    """The evaluation's real scenes (and so its prompts) for `seed`."""
+    from tiue.data.shapes import WorldConfig, generate
+
+    return generate(num_images, REFERENCE_SEED_OFFSET + seed, WorldConfig(resolution=resolution))
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    # As diffusers' numpy_to_pil rounds, so saved PNGs and measured arrays agree.
+    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def sample_images(pipe, prompts: list[str], indices, spec: EvalSpec) -> np.ndarray:
+    """Images (len(indices), H, W, 3) uint8 for prompts[i], i in indices, image i seeded seed + i."""
+    from tiue.eval.guided import sample_with_guidance
+
+    indices = list(indices)
+    out = []
+    for start in range(0, len(indices), spec.batch_size):
+        batch = indices[start : start + spec.batch_size]
+        texts = [prompts[i] for i in batch]
+        generators = [torch.Generator(pipe.device).manual_seed(spec.seed + i) for i in batch]
+        if spec.guidance_scale is not None:
+            images = sample_with_guidance(pipe, texts, spec.steps, spec.guidance_scale, generators, "np")
+        else:
+            images = pipe(texts, num_inference_steps=spec.steps, generator=generators, output_type="np", mode=spec.mode).images
+        out.append(_to_uint8(images))
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _read_prompt_file(path: Path, num_images: int) -> list[str]:
+    if not path.is_file():
+        raise ValueError(f"--prompt-file: no such file: {path}")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompt-file: no prompts in {path}")
+    # Cycle through the file: image i uses prompt i mod len(prompts) (n images per prompt).
+    return [prompts[i % len(prompts)] for i in range(num_images)]
+
+
+def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
+    """The metrics (on rank 0; None on other ranks). Keys: METRIC_KEYS plus details."""
+    from tiue.eval.extractors import ClipModel, InceptionFeatures, load_shapes_features
+    from tiue.eval.preprocessing import center_crop_resize, load_image_folder
+    from tiue.sampling import load_pipeline
+
+    spec.validate()
+    group = group or ProcessGroup.from_environment()
+    pipe = load_pipeline(spec.model, spec.device, spec.dtype)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    real_world = spec.prompt_file is not None
+    if real_world:
+        prompts = _read_prompt_file(spec.prompt_file, spec.num_images)
+    else:
+        reference = reference_scenes(spec.num_images, spec.seed, resolution)
+        prompts = reference.captions
+
+    extractor = InceptionFeatures(spec.inception, pipe.device) if spec.inception else load_shapes_features(spec.features)
+    clip = ClipModel(spec.clip, pipe.device) if spec.clip else None
+
+    def prepare(images: np.ndarray) -> np.ndarray:
+        # GigaGAN's protocol for Inception/CLIP; the shapes network reads pictures as drawn.
+        if extractor.name == "shapes":
+            return images
+        from PIL import Image
+
+        return np.stack([center_crop_resize(Image.fromarray(im)) for im in images])
+
+    # Untimed warm-up: the first call pays one-time allocation and dispatch costs.
+    sample_images(pipe, prompts, [0], spec)
+    mine = group.shard(spec.num_images)
+    start = time.perf_counter()
+    images = sample_images(pipe, prompts, mine, spec)
+    seconds = time.perf_counter() - start
+
+    part: dict = {"indices": list(mine), "seconds": seconds}
+    prepared = prepare(images)
+    if extractor.name == "shapes":
+        part["features"], part["predictions"] = extractor.features_and_predictions(prepared)
+    else:
+        part["features"] = extractor.features(prepared)
+    if clip is not None:
+        part["clip_images"] = clip.image_embeddings(prepared)
+    parts = group.gather(part)
+    if not group.is_main:
+        return None
+
+    order = np.argsort(np.concatenate([p["indices"] for p in parts]))
+    generated = np.concatenate([p["features"] for p in parts])[order]
+    if real_world:
+        real_images = load_image_folder(spec.real_images)
+        real = extractor.features(real_images if extractor.name != "shapes" else _resize_for(real_images, resolution))
+    else:
+        real = extractor.features(reference.images)
+    predictions = None
+    if "predictions" in parts[0]:
+        predictions = {k: np.concatenate([p["predictions"][k] for p in parts])[order] for k in parts[0]["predictions"]}
+    result = measure(real, generated, prompts, predictions, spec.nearest_k)
+    result["seconds_per_image"] = sum(p["seconds"] for p in parts) / spec.num_images
+    if clip is not None:
+        image_embeddings = np.concatenate([p["clip_images"] for p in parts])[order]
+        result["clip_score"] = clip_score(image_embeddings, clip.text_embeddings(prompts))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}
+    result.update(
+        num_images=spec.num_images,
+        num_real=int(len(real)),
+        num_processes=group.world_size,
+        feature_extractor=extractor.name,
+        device=str(pipe.device),
+        torch_threads=torch.get_num_threads(),
+        settings=settings,
+    )
+    return result
+
+
+def measure(real: np.ndarray, generated: np.ndarray, prompts: list[str], predictions: dict | None, nearest_k: int = 5) -> dict:
+    """Every metric of METRIC_KEYS but time, from features (and the shapes heads' readings)."""
+    pr = prdc(real, generated, nearest_k)
+    result = {
+        "fid": fid_from_features(real, generated),
+        "precision": pr["precision"],
+        "recall": pr["recall"],
+        "f1": f1_score(pr["precision"], pr["recall"]),
+        "density": pr["density"],
+        "coverage": pr["coverage"],
+        "accuracy": None,
+        "seconds_per_image": None,
+    }
+    if predictions is not None:
+        try:
+            result.update(attribute_accuracy(prompts, predictions))
+        except ValueError:
+            pass  # prompts outside the shapes world: no attribute accuracy
+    return result
+
+
+def reference_metrics(num_images: int, seed: int = 0, features: Path | None = None, nearest_k: int = 5) -> dict:
+    """The metrics of the generator itself: fresh right answers to the evaluation's prompts
+    (scene_for_caption), measured against the evaluation's reference scenes. The floor a
+    perfect model would reach at this N: FID is biased upwards at small N."""
+    from tiue.data.shapes import scene_for_caption
+    from tiue.eval.extractors import load_shapes_features
+
+    extractor = load_shapes_features(features)
+    reference = reference_scenes(num_images, seed)
+    answers = np.stack([scene_for_caption(c, REFERENCE_SEED_OFFSET + seed, i).image for i, c in enumerate(reference.captions)])
+    generated, predictions = extractor.features_and_predictions(answers)
+    return measure(extractor.features(reference.images), generated, reference.captions, predictions, nearest_k)
+
+
+def _resize_for(images: np.ndarray, resolution: int) -> np.ndarray:
+    from PIL import Image
+
+    if images.shape[1:3] == (resolution, resolution):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.LANCZOS)) for im in images])

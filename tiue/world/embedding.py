@@ -1,0 +1,59 @@
+"""Copy a trained model into tiue/embedded/NAME, the folder `TiUEPipeline.from_pretrained(NAME)`
+and `tiue.eval` read offline.
+
+A pipeline folder is copied as its model_index.json lists it: training artefacts that a trainer
+leaves beside the components (raw weights, LoRA adapters) stay behind. With fp16, the diffusers components (unet, vae) and a feature network are stored in float16:
+diffusers and our loader cast them back to float32 on load. The text encoder stays float32:
+transformers would load float16 weights as a float16 model, and it is small anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from tiue.embedded import EMBEDDED_DIR
+from tiue.files import atomic_directory
+
+__all__ = ["embed_model", "HALF_PRECISION_FOLDERS"]
+
+# Folders (relative to the model folder) whose weights may be stored in float16.
+HALF_PRECISION_FOLDERS = ("unet", "vae", ".")
+
+
+def embed_model(source: str | Path, name: str, fp16: bool = False, root: Path = EMBEDDED_DIR) -> Path:
+    source = Path(source)
+    if not ((source / "model_index.json").is_file() or (source / "config.json").is_file()):
+        raise ValueError(f"--source: expected a pipeline folder (model_index.json) or a feature-network folder (config.json), got {source}")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--name: expected a plain folder name such as 'shapes', got {name!r}")
+    target = root / name
+    components = _pipeline_components(source)
+    with atomic_directory(target) as tmp:
+        for item in source.rglob("*"):
+            relative = item.relative_to(source)
+            if item.is_dir() or any(part.startswith(".") for part in relative.parts):
+                continue
+            if components is not None and len(relative.parts) > 1 and relative.parts[0] not in components:
+                continue
+            destination = tmp / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            folder = str(relative.parent)
+            if fp16 and item.suffix == ".safetensors" and folder in HALF_PRECISION_FOLDERS:
+                state = load_file(str(item))
+                save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(destination))
+            else:
+                shutil.copy2(item, destination)
+    return target
+
+
+def _pipeline_components(source: Path) -> set[str] | None:
+    """The component folders a pipeline's model_index.json names (None for other folders)."""
+    index_path = source / "model_index.json"
+    if not index_path.is_file():
+        return None
+    index = json.loads(index_path.read_text())
+    return {k for k, v in index.items() if isinstance(v, list) and v and v[0] is not None}

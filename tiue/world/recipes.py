@@ -1,0 +1,152 @@
+"""Recipes: one YAML file per shapes-world model, retrained with one command.
+
+    tiue world train --config configs/shapes-teacher.yaml     # tokenizer, text encoder, VAE, teacher
+    tiue world train --config configs/shapes-features.yaml    # the feature network
+
+A recipe names its `job` and the settings of each part; missing settings take the defaults of
+the dataclasses in the job's modules. The result lands in OUTPUT_DIR/final (a pipeline folder
+for the teacher, a feature-network folder for the features), written atomically. The
+distilled students are `tiue train` configs (configs/shapes-tiue*.yaml, configs/shapes-vsd.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from tiue.data.shapes import WorldConfig
+from tiue.files import atomic_directory, write_text_atomically
+
+__all__ = ["JOBS", "load_recipe", "run_recipe", "RecipeResult"]
+
+JOBS = ("teacher", "features")
+_COMMON = {"job", "output_dir", "seed", "num_threads", "dataset_size", "world"}
+_SECTIONS = {"teacher": {"text_encoder", "vae", "teacher"}, "features": {"features"}}
+
+
+@dataclasses.dataclass
+class RecipeResult:
+    final: Path
+    seconds: float
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config: no such file: {path}")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config: expected a mapping of settings in {path}, got {type(recipe).__name__}")
+    job = recipe.get("job")
+    if job not in JOBS:
+        raise ValueError(f"job: expected one of {', '.join(JOBS)} in {path}, got {job!r}")
+    unknown = set(recipe) - _COMMON - _SECTIONS[job]
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} for job {job!r}; accepted: {sorted(_COMMON | _SECTIONS[job])}")
+    return recipe
+
+
+def _settings(cls, values: dict | None, name: str):
+    """A settings dataclass from a YAML section (lists become tuples), naming unknown keys."""
+    values = dict(values or {})
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"{name}: unknown settings {sorted(unknown)}; accepted: {sorted(fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def run_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> RecipeResult:
+    """Run a loaded recipe. overrides: top-level keys (output_dir) or 'section.key' values
+    (teacher.steps), as `tiue world train --set` gives them."""
+    import yaml
+
+    from tiue.world.training import set_threads
+
+    recipe = _apply_overrides(recipe, overrides or {})
+    set_threads(recipe.get("num_threads"))
+    output_dir = Path(recipe.get("output_dir") or f"runs/shapes-{recipe['job']}")
+    start = time.perf_counter()
+    final = output_dir / "final"
+    with atomic_directory(final) as tmp:
+        if recipe["job"] == "teacher":
+            _run_teacher(recipe, tmp)
+        else:
+            _run_features(recipe, tmp)
+    seconds = time.perf_counter() - start
+    write_text_atomically(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    write_text_atomically(output_dir / "wall_time.txt", f"{seconds:.1f}\n")
+    print(f"{recipe['job']}: wrote {final} in {seconds:.0f}s", flush=True)
+    return RecipeResult(final, seconds)
+
+
+def _apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    recipe = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
+    for key, value in overrides.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            recipe.setdefault(section, {})[name] = value
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def _world(recipe) -> WorldConfig:
+    return _settings(WorldConfig, recipe.get("world"), "world")
+
+
+def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
+    from tiue.data.shapes import vocabulary
+    from tiue.pipeline import TiUEPipeline
+    from tiue.world.datasets import draw_training_set
+    from tiue.world.teacher import TeacherSettings, train_teacher
+    from tiue.world.text_encoder import build_world_text_encoder
+    from tiue.world.tokenizer import build_world_tokenizer
+    from tiue.world.vae import VAESettings, train_vae
+    from diffusers import DDIMScheduler
+
+    from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
+
+    world, seed = _world(recipe), int(recipe.get("seed", 0))
+    vae_settings = _settings(VAESettings, dict({"seed": seed}, **(recipe.get("vae") or {})), "vae")
+    teacher_settings = _settings(TeacherSettings, dict({"seed": seed}, **(recipe.get("teacher") or {})), "teacher")
+    text_settings = dict(recipe.get("text_encoder") or {})
+
+    data = draw_training_set(int(recipe.get("dataset_size", 20000)), seed, world)
+    tokenizer = build_world_tokenizer(out / ".tokenizer-build", vocabulary(world))
+    text_encoder = build_world_text_encoder(tokenizer, seed=seed, **text_settings)
+    vae = train_vae(vae_settings, data, world.resolution)
+    unet, text_encoder = train_teacher(teacher_settings, data, vae, tokenizer, text_encoder)
+    pipe = TiUEPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(out / ".tokenizer-build", ignore_errors=True)
+
+
+def _run_features(recipe: dict[str, Any], out: Path) -> None:
+    from tiue.world.datasets import draw_training_set
+    from tiue.world.features import FeatureNetConfig, FeatureNetSettings, train_feature_net
+
+    world, seed = _world(recipe), int(recipe.get("seed", 0))
+    section = dict(recipe.get("features") or {})
+    config_keys = {f.name for f in dataclasses.fields(FeatureNetConfig)}
+    config = _settings(FeatureNetConfig, dict({k: v for k, v in section.items() if k in config_keys}, resolution=world.resolution), "features")
+    settings = _settings(FeatureNetSettings, dict({"seed": seed}, **{k: v for k, v in section.items() if k not in config_keys}), "features")
+    data = draw_training_set(int(recipe.get("dataset_size", 20000)), seed, world)
+    model = train_feature_net(settings, data, config)
+    model.save_pretrained(out / "model")
+    # save_pretrained writes atomically into its own folder; move its files up into `out`.
+    for item in (out / "model").iterdir():
+        item.rename(out / item.name)
+    (out / "model").rmdir()

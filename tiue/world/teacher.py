@@ -1,0 +1,114 @@
+"""The shapes world's teacher: an SD-shaped UNet2DConditionModel trained on VAE latents.
+
+Standard latent-diffusion training, as SD's: epsilon prediction under SD2.1-base's noise
+schedule, uniform timesteps, 10% of captions replaced by the empty prompt so that the model
+also learns the unconditional score that classifier-free guidance needs. The text encoder is
+trained jointly (it starts random: there is no pretrained CLIP for this world's words).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
+from tiue.world.datasets import WorldTensors
+from tiue.world.training import ExponentialMovingAverage, ProgressLog
+
+__all__ = ["TeacherSettings", "build_teacher_unet", "train_teacher", "encode_latents"]
+
+
+@dataclass
+class TeacherSettings:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    steps: int = 2000
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    seed: int = 0
+
+
+def build_teacher_unet(settings: TeacherSettings, latent_size: int, cross_attention_dim: int) -> UNet2DConditionModel:
+    """SD's block layout at a small width: cross-attention in all but the deepest level."""
+    torch.manual_seed(settings.seed)
+    levels = len(settings.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(settings.block_out_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        layers_per_block=settings.layers_per_block,
+        attention_head_dim=settings.attention_heads,  # diffusers reads this as the head count
+        cross_attention_dim=cross_attention_dim,
+        use_linear_projection=True,  # as SD 2.x
+        norm_num_groups=32,
+    )
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, computed once; training samples from them."""
+    means, stds = [], []
+    for part in images.split(chunk):
+        dist = vae.encode(part).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_teacher(
+    settings: TeacherSettings,
+    data: WorldTensors,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Returns the EMA UNet and EMA text encoder, in eval mode."""
+    mean, std = encode_latents(vae.eval(), data.images)
+    scale = vae.config.scaling_factor
+    latent_size = mean.shape[-1]
+    unet = build_teacher_unet(settings, latent_size, text_encoder.config.hidden_size).train()
+    text_encoder.train()
+    noise_schedule = DDPMScheduler.from_config(SD21_SCHEDULER_CONFIG)
+    tokens = tokenizer(data.captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    null_tokens = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    warmup = max(1, settings.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    unet_ema = ExponentialMovingAverage(unet, settings.ema_decay)
+    text_ema = ExponentialMovingAverage(text_encoder, settings.ema_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+    log = ProgressLog("teacher", settings.steps)
+    for step in range(1, settings.steps + 1):
+        index = torch.randint(len(data), (settings.batch_size,), generator=generator)
+        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scale
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (settings.batch_size,), generator=generator)
+        noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        batch_tokens = tokens[index].clone()
+        dropped = torch.rand(settings.batch_size, generator=generator) < settings.caption_dropout
+        batch_tokens[dropped] = null_tokens
+        text = text_encoder(batch_tokens)[0]
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        unet_ema.update(unet)
+        text_ema.update(text_encoder)
+        log.step(step, loss=loss.item())
+    return unet_ema.model.eval(), text_ema.model.eval()
