@@ -22,11 +22,19 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiue", description="Loop-free TiUE text-to-image sampling.")
+    parser = argparse.ArgumentParser(
+        prog="tiue", description="Loop-free TiUE text-to-image sampling, distillation and evaluation."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in COMMANDS.items():
         module = importlib.import_module(f"tiue.cli.{name}")
-        sub = subparsers.add_parser(name, help=summary, description=module.__doc__)
+        sub = subparsers.add_parser(
+            name,
+            help=summary,
+            description=module.__doc__,
+            # Keep the docstrings' own line breaks: their usage examples are one per line.
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser
