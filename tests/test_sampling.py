@@ -16,8 +16,19 @@ def test_sample_loads_once_and_seeds(tiny_pipeline_dir):
     assert len(images) == 2
 
 
-def test_sample_requires_a_model():
-    with pytest.raises(ValueError, match="^model"):
+def test_sample_without_a_model_uses_the_embedded_default(monkeypatch):
+    import tiue.sampling
+    from tiue.embedded import default_model
+
+    if default_model() is None:
+        with pytest.raises(ValueError, match="^model"):
+            tiue.sample("a cat")
+    else:
+        images = tiue.sample("a red circle", seed=0)
+        assert len(images) == 1 and images[0].size == (32, 32)
+    # Without an embedded default, the model is required and the error says so.
+    monkeypatch.setattr(tiue.sampling, "default_model", lambda: None)
+    with pytest.raises(ValueError, match="^model: required"):
         tiue.sample("a cat")
 
 
