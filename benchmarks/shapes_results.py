@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -170,7 +171,10 @@ def main() -> None:
     generator_grid_png(args.out / "shapes-grid-generator.png")
     for key, label, spec in rows(args):
         start = time.perf_counter()
+        load_before = os.getloadavg()[0]
         result = evaluate(spec)
+        # Other people's jobs share this CPU: keep the load beside every timing.
+        result["load_average_1min"] = [load_before, os.getloadavg()[0]]
         print(f"{label}: {json.dumps({k: result[k] for k in ('fid', 'accuracy', 'seconds_per_image')})} "
               f"({time.perf_counter() - start:.0f}s)", flush=True)
         metrics[key] = result
@@ -188,6 +192,11 @@ def main() -> None:
     print(f"wrote {args.out / 'shapes.md'}")
 
 
+def load_range(table_rows) -> str:
+    loads = [v for _, m in table_rows for v in m.get("load_average_1min", [])]
+    return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
+
+
 def render_markdown(args, table_rows, distribution, similarity, revision) -> str:
     notes_path = args.out / "shapes-notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
@@ -202,8 +211,8 @@ def render_markdown(args, table_rows, distribution, similarity, revision) -> str
         "every captioned attribute (shape, colour, and size/background when named) the feature network reads back. "
         f"Teacher rows sample with DDIM (eta = 0) and classifier-free guidance {args.guidance_scale:g}; students "
         "sample loop-free (encoder once, K decoders in one batch). CPU ms/image: batch 64, "
-        f"{args.threads} thread, VAE decode included, on a shared 2-core machine (other jobs running), "
-        f"revision {revision}.",
+        f"{args.threads} thread, VAE decode included, on a 2-core machine shared with other jobs "
+        f"(1-minute load average during the timed rows: {load_range(table_rows)}), revision {revision}.",
         "",
         format_table(table_rows, first_header="Sampler"),
         "",

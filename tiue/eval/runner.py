@@ -71,8 +71,6 @@ class EvalSpec:
                 raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
         if self.prompt_file is not None and self.real_images is None:
             raise ValueError("--real-images: required with --prompt-file (the folder of real images to compare with)")
-        if self.clip is not None and self.inception is None and self.prompt_file is not None:
-            pass  # CLIP score alone is fine; FID then uses the shapes network or fails clearly
 
 
 def reference_scenes(num_images: int, seed: int, resolution: int = 32):

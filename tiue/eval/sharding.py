@@ -36,7 +36,6 @@ class ProcessGroup:
     def from_environment(cls) -> "ProcessGroup":
         """Join the launcher's process group (gloo) when WORLD_SIZE > 1."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
         if world_size <= 1:
             return cls()
         owns = False

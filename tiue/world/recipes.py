@@ -100,16 +100,18 @@ def _world(recipe) -> WorldConfig:
 
 
 def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
+    import shutil
+
+    from diffusers import DDIMScheduler
+
     from tiue.data.shapes import vocabulary
     from tiue.pipeline import TiUEPipeline
+    from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
     from tiue.world.datasets import draw_training_set
     from tiue.world.teacher import TeacherSettings, train_teacher
     from tiue.world.text_encoder import build_world_text_encoder
     from tiue.world.tokenizer import build_world_tokenizer
     from tiue.world.vae import VAESettings, train_vae
-    from diffusers import DDIMScheduler
-
-    from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
 
     world, seed = _world(recipe), int(recipe.get("seed", 0))
     vae_settings = _settings(VAESettings, dict({"seed": seed}, **(recipe.get("vae") or {})), "vae")
@@ -129,8 +131,6 @@ def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
         scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG),
     )
     pipe.save_pretrained(out, safe_serialization=True)
-    import shutil
-
     shutil.rmtree(out / ".tokenizer-build", ignore_errors=True)
 
 
