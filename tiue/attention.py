@@ -100,6 +100,17 @@ def _split_heads(attn: nn.Module, x: torch.Tensor, head_dim: int) -> torch.Tenso
     return x.view(x.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
 
 
+def _heads(attn, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, head_dim: int):
+    """Keys and values split into heads; the layer's optional q/k norms applied."""
+    k = _split_heads(attn, key, head_dim)
+    v = _split_heads(attn, value, head_dim)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
 def _batched_attention(attn, query, key, value, attention_mask) -> torch.Tensor:
     """Equal batches: one SDPA call, as diffusers' AttnProcessor2_0 does. Returns (R, N, H*D)."""
     rows = query.shape[0]
@@ -107,13 +118,7 @@ def _batched_attention(attn, query, key, value, attention_mask) -> torch.Tensor:
     if attention_mask is not None:
         attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[1], rows)
         attention_mask = attention_mask.view(rows, attn.heads, -1, attention_mask.shape[-1])
-    q = _split_heads(attn, query, head_dim)
-    k = _split_heads(attn, key, head_dim)
-    v = _split_heads(attn, value, head_dim)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
+    q, k, v = _heads(attn, _split_heads(attn, query, head_dim), key, value, head_dim)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0)
     return out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim)
 
@@ -125,12 +130,7 @@ def _shared_text_attention(attn, query, key, value, steps: int) -> torch.Tensor:
     head_dim = key.shape[-1] // attn.heads
     # (K*B, N, H*D) -> (K, B, H, N, D): a view, since rows are timestep-major.
     q = query.view(steps, prompts, tokens, attn.heads, head_dim).permute(0, 1, 3, 2, 4)
-    k = _split_heads(attn, key, head_dim)
-    v = _split_heads(attn, value, head_dim)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
+    q, k, v = _heads(attn, q, key, value, head_dim)
     out = shared_kv_attention(q, k, v)  # laid out (K, B, N, H, D): the merge below is a view
     return out.permute(0, 1, 3, 2, 4).reshape(rows, tokens, attn.heads * head_dim)
 
