@@ -120,11 +120,18 @@ def decoder_distribution_png(students: dict, path: Path) -> dict:
     ax.set_xlabel("decoder output value (all K = 4 decoders, 64 prompts)")
     ax.set_ylabel("density")
     ax.legend()
+    _save_figure(fig, path)
+    return summaries
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Write a figure as a PNG whole (temp name + rename), then free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    return summaries
 
 
 def similarity_png(teacher: str, path: Path) -> dict:
@@ -144,10 +151,7 @@ def similarity_png(teacher: str, path: Path) -> dict:
     ax.set_xlabel("DDIM step i (similarity of step i and i+1 of 50)")
     ax.set_ylabel("cosine similarity")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
     return {k: v.tolist() for k, v in result.items()}
 
 
