@@ -11,13 +11,14 @@ backward, both clipped Adam steps and the EMA update.
 
 - "tiue": `Trainer._optimizer_step()` itself: text encoder once per batch, null prompt once
   per run, the four VSD predictions in ONE pass (per-sample adapters), no K-fold copies of
-  decoder inputs, the KL as one op, frozen weights in the mixed-precision dtype.
+  decoder inputs, the KL as one op, the frozen teacher in fp32 as the official script keeps it
+  (TIUE_TRAIN_BENCH_HALF_TEACHER=1: in the mixed-precision dtype).
 - "paper": the public code's way: captions encoded one at a time (and the null prompt every
   step), four separate teacher passes toggling the adapter, decoder inputs copied K times
   with `.repeat`, z_0 and the KL as Python loops, the frozen teacher in fp32.
 
 Settings (environment): TIUE_TRAIN_BENCH_SCALE small|sd21, _BATCH, _RESOLUTION, _NUM_STEPS,
-_PRECISION no|bf16|fp16, _ROUNDS, _WARMUP, _GRADIENT_CHECKPOINTING 0|1, _RESULTS_DIR,
+_PRECISION no|bf16|fp16, _ROUNDS, _WARMUP, _GRADIENT_CHECKPOINTING 0|1, _HALF_TEACHER 0|1, _RESULTS_DIR,
 _EXTRA_RESULTS_DIR. The two steps alternate within each timed round (pytest-benchmark's own
 statistics are per round, i.e. one step of each); the table reports each step's median.
 Results: <results>/train-step-<device>-<scale>.{json,md}. Speed is reported, never asserted.
@@ -56,6 +57,7 @@ class Settings:
     rounds: int = 3
     warmup: int = 1
     gradient_checkpointing: bool = False
+    half_precision_teacher: bool = False
     results_dir: Path = ROOT / "benchmarks" / "results"
     extra_results_dir: Path | None = None
 
@@ -76,6 +78,7 @@ class Settings:
             rounds=int(env("TIUE_TRAIN_BENCH_ROUNDS", 10 if gpu else 5)),
             warmup=int(env("TIUE_TRAIN_BENCH_WARMUP", 3 if gpu else 1)),
             gradient_checkpointing=env("TIUE_TRAIN_BENCH_GRADIENT_CHECKPOINTING", "0") == "1",
+            half_precision_teacher=env("TIUE_TRAIN_BENCH_HALF_TEACHER", "0") == "1",
             results_dir=Path(env("TIUE_TRAIN_BENCH_RESULTS_DIR", str(cls.results_dir))),
             extra_results_dir=Path(extra) if extra else None,
         )
@@ -123,6 +126,7 @@ def make_trainer(settings: Settings, teacher: Path, output: Path):
         teacher=str(teacher), captions=str(captions), output_dir=str(output), batch_size=settings.batch,
         num_steps=settings.num_steps, resolution=settings.resolution, mixed_precision=settings.precision,
         gradient_checkpointing=settings.gradient_checkpointing, report_to="none", max_steps=10**6,
+        half_precision_teacher=settings.half_precision_teacher,
         validation_prompts=(),
     )
     return Trainer(config)
@@ -150,16 +154,16 @@ class PaperStyleStep:
         ]
         self.stock_processor = AttnProcessor2_0()
         self.encoder = TiUEUNet(self.student_unet, shared_text_attention=False)
-        if trainer.weight_dtype != torch.float32:
-            # The public code keeps its frozen teacher in fp32: a separate fp32 copy.
+        if trainer.fake_score_unet.dtype != torch.float32:
+            # The public code keeps its frozen teacher in fp32 (--half-precision-teacher does not): a separate fp32 copy.
             self.teacher = copy.deepcopy(trainer.fake_score_unet).to(torch.float32)
             lora = [p for n, p in self.teacher.named_parameters() if ".fake_score." in n]
             self.lora_optimizer = torch.optim.Adam(lora, lr=trainer.config.learning_rate_lora)
         else:
             self.teacher = trainer.fake_score_unet
-            self.lora_optimizer = trainer.lora_optimizer.optimizer
+            self.lora_optimizer = trainer.lora_optimizer
         self.lora_params = [p for n, p in self.teacher.named_parameters() if ".fake_score." in n]
-        self.student_optimizer = trainer.student_optimizer.optimizer
+        self.student_optimizer = trainer.student_optimizer
         self.timesteps = trainer.step_fn.timesteps
         self.coeffs = trainer.step_fn.coeffs.tolist()
         self.scheduler = trainer.scheduler

@@ -22,7 +22,22 @@ from tiue.files import write_text_atomically
 from tiue.unet import TiUEUNet
 from tiue.validation import check_call_arguments
 
-__all__ = ["TiUEPipeline", "TiUEPipelineOutput", "OUTPUT_TYPES", "MODES"]
+__all__ = ["TiUEPipeline", "TiUEPipelineOutput", "OUTPUT_TYPES", "MODES", "encode_prompt_embeddings"]
+
+
+@torch.no_grad()
+def encode_prompt_embeddings(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """(len(prompts), L, D) text embeddings in one text-encoder call, padded to the tokenizer's
+    maximum length as SD's pipelines do (with the attention mask when the encoder asks for it).
+    The one text-encoding path of the sampler and the trainer."""
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    attention_mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        attention_mask = tokens.attention_mask.to(device)
+    embeds = text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+    return embeds.to(dtype=text_encoder.dtype, device=device)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODES = ("loopfree", "loop")
@@ -116,18 +131,7 @@ class TiUEPipeline(DiffusionPipeline):
         """Text embeddings (len(prompt) * num_images_per_prompt, L, D), each prompt's copies adjacent."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         device = torch.device(device) if device is not None else self._execution_device
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        attention_mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = tokens.attention_mask.to(device)
-        embeds = self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
-        embeds = embeds.to(dtype=self.text_encoder.dtype, device=device)
+        embeds = encode_prompt_embeddings(self.tokenizer, self.text_encoder, prompts, device)
         return embeds.repeat_interleave(num_images_per_prompt, dim=0)
 
     def prepare_latents(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler"]
+__all__ = ["loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -74,6 +75,23 @@ def ddim_step_coefficients(
     )
 
 
+# The one pass starts from pure noise z_K; an encoder timestep whose alphabar is above this
+# treats that noise as a mostly clean latent (e.g. K = 1 with "leading" spacing runs at t = 1).
+FAR_FROM_NOISE_ALPHABAR = 0.5
+
+
+def warn_if_encoder_far_from_noise(scheduler, first_timestep: int, num_inference_steps: int) -> None:
+    alphabar = float(scheduler.alphas_cumprod[first_timestep])
+    if alphabar > FAR_FROM_NOISE_ALPHABAR:
+        warnings.warn(
+            f"num_inference_steps: with {scheduler.config.timestep_spacing!r} spacing, K = {num_inference_steps} "
+            f"starts at timestep {first_timestep} (alphabar {alphabar:.2f}), far from the pure noise the sampler "
+            "starts from; one-step and few-step students usually use timestep_spacing 'trailing' (first step at "
+            "the last training timestep)",
+            stacklevel=3,
+        )
+
+
 def loopfree_coefficients(
     scheduler, num_inference_steps: int, eta: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +119,13 @@ def loopfree_coefficients(
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(num_inference_steps)
     timesteps = scheduler.timesteps.to(torch.int64).cpu()
+    if int(timesteps.max()) >= num_train:
+        raise ValueError(
+            f"num_inference_steps: {num_inference_steps} steps with this scheduler ({scheduler.config.timestep_spacing!r} "
+            f"spacing, steps_offset {scheduler.config.steps_offset}) reach timestep {int(timesteps.max())}, past its "
+            f"last training timestep {num_train - 1}; use fewer steps or timestep_spacing 'trailing'"
+        )
+    warn_if_encoder_far_from_noise(scheduler, int(timesteps[0]), num_inference_steps)
     alphas = scheduler.alphas_cumprod.double()
     final_alpha = float(scheduler.final_alpha_cumprod)
     # DDIMScheduler.step goes from t to t - num_train // K, whatever the spacing.

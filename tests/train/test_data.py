@@ -31,6 +31,14 @@ def test_jsonl_fields_journeydb_layout_and_folders(tmp_path):
     assert load_captions(custom, field="meta.alt") == ["x"]
 
 
+def test_jsonl_records_with_the_official_datasets_keys(tmp_path):
+    records = [{"Caption": "upper"}, {"Caption:": "with a colon"}, {"caption": "lower"},
+               {"Caption": "first key wins", "caption": "not this"}]
+    path = tmp_path / "official.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert load_captions(path) == ["upper", "with a colon", "lower", "first key wins"]
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
@@ -93,6 +101,10 @@ def test_too_few_captions_for_one_step():
         (dict(clip_model="m"), ValueError, "--lambda-clip: --clip-model 'm' needs a weight > 0"),
         (dict(resume="/no/such/checkpoint"), ValueError, "--resume"),
         (dict(num_steps=2.5), TypeError, "--num-steps: expected an integer"),
+        (dict(lora_init="kaiming"), ValueError, "--lora-init: expected one of default, gaussian, got 'kaiming'"),
+        (dict(lora_null_prompt_scope="row"), ValueError, "--lora-null-prompt-scope: expected one of batch, sample"),
+        (dict(timestep_spacing="even"), ValueError, "--timestep-spacing: expected one of leading, trailing, linspace"),
+        (dict(half_precision_teacher="yes"), TypeError, "--half-precision-teacher: expected true or false"),
     ],
 )
 def test_config_errors_name_the_flag(changes, error, match):

@@ -1,4 +1,4 @@
-"""The loss terms of one step against DESIGN.md section 1, recomputed independently here.
+"""The loss terms of one step against the formulas of docs/training.md, recomputed independently here.
 
 References below use their own arithmetic: a Python loop for the KL, the scheduler's own DDIM
 loop for z_0, x_t from the closed form, and the four teacher passes of the paper's code
@@ -146,16 +146,32 @@ def test_mixed_adapter_batch_equals_separate_passes():
     torch.testing.assert_close(mixed, torch.cat([base, lora]), rtol=1e-5, atol=1e-5)
 
 
-def test_timestep_ranges_and_null_prompt_rate():
+def test_timestep_ranges_and_per_sample_null_prompt_rate():
     draws = draw_step(
         seed=1, micro_step=7, first_sample=0, batch_size=3000, latent_shape=(1, 1, 1),
         vsd_timestep_range=(20, 980), num_train_timesteps=1000, null_prompt_probability=0.1,
+        null_prompt_scope="sample",
     )
     vsd, lora = draws.vsd_timesteps, draws.lora_timesteps
     assert vsd.dtype == lora.dtype == torch.int64
     assert 20 <= vsd.min() < 24 and 976 < vsd.max() <= 980  # U{20, ..., 980}, both ends inclusive
     assert 0 <= lora.min() < 4 and 995 < lora.max() <= 999  # U{0, ..., 999}
     assert 0.08 < draws.lora_null_prompt.float().mean() < 0.12
+
+
+def test_default_null_prompt_drops_the_whole_batch_one_draw_per_step_on_every_process():
+    def draws(micro_step, first_sample=0, batch_size=8):
+        return draw_step(
+            seed=3, micro_step=micro_step, first_sample=first_sample, batch_size=batch_size, latent_shape=(1, 1, 1),
+            vsd_timestep_range=(20, 980), num_train_timesteps=1000, null_prompt_probability=0.1,
+        ).lora_null_prompt
+
+    steps = [draws(m) for m in range(2000)]
+    assert all(bool(d.all()) or not bool(d.any()) for d in steps), "a batch mixed dropped and kept prompts"
+    assert 0.08 < sum(bool(d[0]) for d in steps) / len(steps) < 0.12
+    dropped_step = next(m for m, d in enumerate(steps) if d[0])
+    # Another process's slice of the same global batch makes the same draw.
+    assert draws(dropped_step, first_sample=8, batch_size=4).all()
 
 
 def save_tiny_clip(directory):

@@ -114,3 +114,36 @@ def test_sigterm_writes_a_checkpoint_and_stops_cleanly(make_config):
     assert 1 <= result.step < 500
     assert result.checkpoint.name == f"checkpoint-{result.step:08d}"
     assert read_checkpoint(result.checkpoint).state["step"] == result.step
+
+
+class _Payload:
+    """Unpickling this calls os.system: a checkpoint file must never be able to do that."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_without_running(make_config, tmp_path):
+    Trainer(make_config(max_steps=1)).fit()
+    checkpoint = list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1]
+    marker = tmp_path / "payload-ran"
+    torch.save({"student": _Payload(marker)}, checkpoint / "optimizers.pt")
+    with pytest.raises(ValueError, match=f"--resume: cannot read checkpoint {checkpoint}"):
+        read_checkpoint(checkpoint)
+    assert not marker.exists()
+    assert not any(p.suffix == ".pt" and p.name != "optimizers.pt" for p in checkpoint.iterdir())
+
+
+def test_resume_latest_skips_a_damaged_newest_checkpoint_with_a_warning(make_config, tmp_path, caplog):
+    Trainer(make_config(max_steps=2, checkpoint_every=1, keep_checkpoints=2)).fit()
+    found = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [step for step, _ in found] == [1, 2]
+    newest = found[-1][1] / "student.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    with caplog.at_level("WARNING", logger="tiue.train"):
+        resumed = Trainer(make_config(max_steps=3, resume="latest", checkpoint_every=1, keep_checkpoints=2))
+    assert resumed.step == 1 and resumed.last_checkpoint == found[0][1]
+    assert f"skipping damaged checkpoint {found[-1][1]}" in caplog.text

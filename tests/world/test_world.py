@@ -121,3 +121,39 @@ def test_embed_stores_diffusers_weights_in_half_precision(tiny_pipeline_dir, tmp
     assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
     with pytest.raises(ValueError, match="--name"):
         embed_model(source, "../x", root=tmp_path)
+
+
+def test_an_interrupted_recipe_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """Killed right after a mid-run checkpoint, `--resume` finishes with the weights of a straight run."""
+    from safetensors.torch import load_file
+
+    from tiue.world import checkpoints
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_SECONDS", 0.0)  # save after every step
+    recipe = load_recipe(REPO / "configs/shapes-features.yaml")
+    settings = {"dataset_size": 16, "features.steps": 4, "features.batch_size": 4}
+    straight = run_recipe(recipe, dict(settings, output_dir=str(tmp_path / "straight")))
+
+    save = checkpoints.StageCheckpoint.save
+
+    def save_then_die_at_step_2(self, state):
+        save(self, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.StageCheckpoint, "save", save_then_die_at_step_2)
+    interrupted = dict(settings, output_dir=str(tmp_path / "resumed"))
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, interrupted)
+    assert not (tmp_path / "resumed" / "final").exists()
+    monkeypatch.setattr(checkpoints.StageCheckpoint, "save", save)
+    with pytest.raises(ValueError, match="already holds a run of this recipe; pass --resume"):
+        run_recipe(recipe, interrupted)
+    with pytest.raises(ValueError, match="--resume: .* was started with other settings \\(features differ\\)"):
+        run_recipe(recipe, dict(interrupted, **{"features.steps": 5}), resume=True)
+    resumed = run_recipe(recipe, interrupted, resume=True)
+
+    a, b = (load_file(r.final / "model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "features.pt", weights_only=True)["finished"]

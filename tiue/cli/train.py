@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tiue.train.config import DISTRIBUTED, MIXED_PRECISIONS, REPORT_TO
+from tiue.train.config import LORA_INITS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS
 
 __all__ = ["add_arguments", "run", "config_from_args"]
 
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--student", help="initial student UNet (pipeline or UNet folder); default the teacher's")
     models.add_argument("--captions", help=".txt (one per line), .jsonl, or a folder of them")
     models.add_argument("--caption-field", help="field of a .jsonl record, dotted for nesting (e.g. Task2.Caption); "
-                        "default: caption, text, prompt or Task2.Caption")
+                        "default: Caption, Caption:, caption (as the official dataset), then text, prompt, "
+                        "Task2.Caption")
     models.add_argument("--output-dir", help="where checkpoints, logs and final/ go (default runs/tiue)")
     length = parser.add_argument_group("length and batch")
     length.add_argument("--max-steps", type=int, help="optimizer steps (default: --epochs worth)")
@@ -58,15 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--lora-rank", type=int, help="default 64")
     method.add_argument("--lora-alpha", type=float, help="default 108")
     method.add_argument("--lora-targets", type=_comma_list, help="comma-separated module names (default to_q,to_v)")
+    method.add_argument("--lora-init", choices=LORA_INITS, help="LoRA initialisation (default: peft's default, as the official script)")
+    method.add_argument("--lora-null-prompt-probability", type=float, help="chance the LoRA loss uses the null prompt (default 0.1)")
+    method.add_argument("--lora-null-prompt-scope", choices=NULL_PROMPT_SCOPES,
+                        help="one null-prompt draw per batch (default, official) or per sample")
+    method.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS,
+                        help="spacing of the student's K timesteps (default: the teacher scheduler's own); "
+                        "recorded in the exported scheduler, so the student samples with it")
     method.add_argument("--ema-decay", type=float, help="default 0.9999")
     method.add_argument("--max-grad-norm", type=float, help="gradient-norm clip of both models (default 1.0)")
     method.add_argument("--clip-model", help="CLIP model (hub id or folder) for the optional alignment loss")
     method.add_argument("--lambda-clip", type=float, help="weight of the CLIP alignment loss (needs --clip-model)")
     method.add_argument("--clip-margin", type=float, help="tau in relu(tau - cos) (default 1.0: plain 1 - cos)")
     machinery = parser.add_argument_group("machinery")
-    machinery.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="default no")
+    machinery.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="default no (fp16 needs CUDA)")
+    machinery.add_argument("--half-precision-teacher", type=_bool, nargs="?", const=True,
+                           help="keep the frozen UNet weights in the mixed dtype (default false: fp32, as the official script)")
     machinery.add_argument("--gradient-checkpointing", type=_bool, nargs="?", const=True, help="trade compute for memory")
-    machinery.add_argument("--distributed", choices=DISTRIBUTED, help="multi-process strategy (default ddp)")
     machinery.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints (default 500)")
     machinery.add_argument("--keep-checkpoints", type=int, help="how many recent checkpoints to keep (default 3)")
     machinery.add_argument("--resume", help="'latest' or a checkpoint folder")

@@ -1,6 +1,6 @@
 """The shapes world: retrain its models from a recipe, write its caption file, embed a model.
 
-    tiue world train --config configs/shapes-teacher.yaml [--output-dir DIR] [--set teacher.steps=10]
+    tiue world train --config configs/shapes-teacher.yaml [--output-dir DIR] [--set teacher.steps=10] [--resume | --overwrite]
     tiue world captions --out configs/shapes-captions.txt
     tiue world embed --source runs/shapes-tiue/final --name shapes [--fp16]
 """
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--output-dir", type=Path, help="overrides the recipe's output_dir")
     train.add_argument("--set", type=parse_assignment, action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. teacher.steps=10 (repeatable)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in the output folder from its last checkpoint (same recipe and --set values)")
+    train.add_argument("--overwrite", action="store_true", help="delete the run in the output folder and start over")
     captions = actions.add_parser("captions", help="write every one-shape caption of the world, one per line")
     captions.add_argument("--out", type=Path, required=True, help="the .txt file to write")
     embed = actions.add_parser("embed", help="copy a trained model into the package's embedded models")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
         overrides = dict(args.set)
         if args.output_dir is not None:
             overrides["output_dir"] = str(args.output_dir)
-        run_recipe(load_recipe(args.config), overrides)
+        run_recipe(load_recipe(args.config), overrides, resume=args.resume, overwrite=args.overwrite)
     elif args.action == "captions":
         from tiue.data.shapes import caption_space
         from tiue.files import write_text_atomically

@@ -69,7 +69,7 @@ _shared_kv_attention.add(
 )
 
 _shared_kv_attention_backward = register_dispatcher(
-    OpDispatcher("shared_kv_attention_backward", reference.shared_kv_attention_backward_reference)
+    OpDispatcher("shared_kv_attention_backward", reference.shared_kv_attention_backward_sdpa)
 )
 
 
@@ -224,7 +224,7 @@ def shared_kv_attention_backward_op(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, scale: Optional[float] = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of shared_kv_attention; dk and dv sum over the K query groups."""
-    return reference.shared_kv_attention_backward_reference(grad_out, q, k, v, out, scale)
+    return reference.shared_kv_attention_backward_sdpa(grad_out, q, k, v, out, scale)
 
 
 _register_device_kernels(shared_kv_attention_backward_op, _shared_kv_attention_backward)

@@ -18,6 +18,7 @@ __all__ = [
     "gaussian_kl_backward_reference",
     "gaussian_kl_stats_reference",
     "shared_kv_attention_backward_reference",
+    "shared_kv_attention_backward_sdpa",
     "shared_kv_attention_reference",
     "shared_kv_attention_sdpa",
 ]
@@ -132,6 +133,47 @@ def shared_kv_attention_sdpa(
         return result.as_strided(out.shape, out.stride())
     out.copy_(result)
     return out
+
+
+def shared_kv_attention_backward_sdpa(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plain PyTorch backward: SDPA's own fused backward kernel on the folded layout.
+
+    The K groups fold into the query axis ((K, B, H, N, D) -> (B, H, K*N, D)); dk and dv of the
+    folded call are then already summed over the groups. The forward is recomputed to get the
+    row log-sum-exp the fused backward needs (as flash attention's backward recomputes its
+    blocks), so no (K, B, H, N, M) probability tensor is ever held: memory grows as SDPA's.
+    CPU: the flash-attention-for-CPU kernels; CUDA: the memory-efficient kernels (any dtype).
+    """
+    k_groups, batch, heads, tokens, head_dim = q.shape
+
+    def fold(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(1, 2, 0, 3, 4).reshape(batch, heads, k_groups * tokens, head_dim).contiguous()
+
+    q_f, grad_f = fold(q), fold(grad_out).to(q.dtype)
+    k_c, v_c = k.contiguous(), v.contiguous()
+    aten = torch.ops.aten
+    if q.device.type == "cpu":
+        out_f, lse = aten._scaled_dot_product_flash_attention_for_cpu(q_f, k_c, v_c, scale=scale)
+        grad_q, grad_k, grad_v = aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_f, q_f, k_c, v_c, out_f, lse, 0.0, False, scale=scale
+        )
+    elif q.device.type == "cuda" and q.dtype != torch.float64:
+        out_f, lse, seed, offset = aten._scaled_dot_product_efficient_attention(q_f, k_c, v_c, None, True, scale=scale)
+        grad_q, grad_k, grad_v, _ = aten._scaled_dot_product_efficient_attention_backward(
+            grad_f, q_f, k_c, v_c, torch.empty(0, device=q.device, dtype=q.dtype), out_f, lse, seed, offset,
+            0.0, [True, True, True, False], False, scale=scale,
+        )
+    else:  # no fused kernel for this device and dtype
+        return shared_kv_attention_backward_reference(grad_out, q, k, v, out, scale)
+    grad_q = grad_q.reshape(batch, heads, k_groups, tokens, head_dim).permute(2, 0, 1, 3, 4)
+    return grad_q.contiguous(), grad_k.contiguous(), grad_v.contiguous()
 
 
 def _fold_groups_into_queries(q: torch.Tensor) -> torch.Tensor | None:

@@ -1,6 +1,6 @@
 """TrainConfig: every setting of a distillation run, from defaults, a YAML file and flags.
 
-Precedence is defaults < YAML < command-line flags. Defaults follow DESIGN.md section 1 (the
+Precedence is defaults < YAML < command-line flags. Defaults follow the official recipe (docs/training.md, the
 paper's setup). `validate()` checks what can be checked before any model is loaded; each
 error names the flag, the value received and what is accepted.
 """
@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_yaml_config", "flag_name", "MIXED_PRECISIONS", "REPORT_TO", "DISTRIBUTED"]
+__all__ = [
+    "TrainConfig", "load_yaml_config", "flag_name", "MIXED_PRECISIONS", "REPORT_TO", "NULL_PROMPT_SCOPES",
+    "LORA_INITS", "TIMESTEP_SPACINGS",
+]
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard")
-DISTRIBUTED = ("ddp", "fsdp")
+# The LoRA loss's null prompt: one draw for the whole batch (the official script) or one per sample.
+NULL_PROMPT_SCOPES = ("batch", "sample")
+# "default": peft's init (A Kaiming-uniform, B zero; the official script); "gaussian": A ~ N(0, 1/r).
+LORA_INITS = ("default", "gaussian")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 DEFAULT_VALIDATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -48,7 +55,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     resolution: int | None = None  # pixels; None = the teacher UNet's sample_size * VAE factor
 
-    # The method (DESIGN.md section 1).
+    # The method (docs/training.md).
     num_steps: int = 4  # K
     lambda_kl: float = 0.1
     guidance_scale: float = 4.5
@@ -63,15 +70,18 @@ class TrainConfig:
     vsd_min_timestep: int = 20
     vsd_max_timestep: int = 980
     lora_null_prompt_probability: float = 0.1
+    lora_null_prompt_scope: str = "batch"
+    lora_init: str = "default"
+    timestep_spacing: str | None = None  # the student's K timesteps; None = the teacher scheduler's own
     clip_model: str | None = None
     lambda_clip: float = 0.0
     clip_margin: float = 1.0  # tau in relu(tau - cos); 1.0 makes it the plain 1 - cos
 
     # Machinery.
     mixed_precision: str = "no"
+    half_precision_teacher: bool = False  # frozen UNet weights in the mixed dtype (official: fp32)
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
-    distributed: str = "ddp"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     resume: str | None = None  # "latest" or a checkpoint folder
@@ -144,7 +154,13 @@ class TrainConfig:
         _check_int("vsd_min_timestep", self.vsd_min_timestep, minimum=0)
         _check_int("vsd_max_timestep", self.vsd_max_timestep, minimum=self.vsd_min_timestep)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
-        _check_choice("distributed", self.distributed, DISTRIBUTED)
+        _check_choice("lora_null_prompt_scope", self.lora_null_prompt_scope, NULL_PROMPT_SCOPES)
+        _check_choice("lora_init", self.lora_init, LORA_INITS)
+        if self.timestep_spacing is not None:
+            _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{flag_name(name)}: expected true or false, got {getattr(self, name)!r}")
         if self.report_to is not None:
             _check_choice("report_to", self.report_to, REPORT_TO)
         if not self.lora_targets:

@@ -20,8 +20,9 @@ import torch
 __all__ = ["load_captions", "CaptionSampler", "SamplerPosition", "CAPTION_SUFFIXES", "AUTO_CAPTION_FIELDS"]
 
 CAPTION_SUFFIXES = (".txt", ".jsonl")
-# Tried in order when no field is given: common names, then JourneyDB's layout.
-AUTO_CAPTION_FIELDS = ("caption", "text", "prompt", "Task2.Caption")
+# Tried in order when no field is given: the keys the official training dataset reads, in its
+# order, then other common names and JourneyDB's nested layout.
+AUTO_CAPTION_FIELDS = ("Caption", "Caption:", "caption", "text", "prompt", "Task2.Caption")
 
 
 def load_captions(path: str | Path, field: str | None = None) -> list[str]:

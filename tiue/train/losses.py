@@ -1,4 +1,4 @@
-"""The loss terms of TiUE distillation (DESIGN.md section 1), as pure functions of tensors.
+"""The loss terms of TiUE distillation (docs/training.md), as pure functions of tensors.
 
 Predictions of v-prediction teachers are converted to epsilon before they enter a loss
 (`to_epsilon`), so every formula below is the paper's epsilon-space formula whatever the

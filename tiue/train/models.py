@@ -1,11 +1,13 @@
-"""The networks of a distillation run, loaded and set up as DESIGN.md section 1 says.
+"""The networks of a distillation run, loaded and set up as the official recipe sets them up.
 
 - The frozen teacher and the LoRA "fake-score" teacher are ONE UNet with a peft LoRA adapter
-  (as the paper's code holds them); the frozen base weights are cast to the mixed-precision
-  dtype, the LoRA weights stay fp32 for their optimizer.
+  (as the paper's code holds them). Its frozen base weights stay fp32 and run under autocast,
+  as the official script keeps them (--half-precision-teacher casts them to the mixed dtype);
+  the LoRA weights are fp32 for their optimizer.
 - The student is a TiUEUNet over its own fp32 UNet, initialised from the teacher's weights
   (or from --student).
-- Text encoder and VAE are frozen, in the mixed-precision dtype.
+- Frozen: the text encoder in the mixed-precision dtype, the VAE in fp32 (as the official
+  script: SD's VAE overflows in fp16).
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ def _load_unet(model: str, flag: str) -> UNet2DConditionModel:
     return unet
 
 
-def load_teacher_parts(teacher: str, weight_dtype: torch.dtype) -> TeacherParts:
+def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torch.dtype = torch.float32) -> TeacherParts:
     """Tokenizer, text encoder, VAE and UNet of an SD 1.x/2.x pipeline (hub id or folder),
-    frozen, in `weight_dtype`; the scheduler as a DDIMScheduler built from its config."""
+    frozen: the text encoder in `weight_dtype`, the VAE in fp32, the UNet in `unet_dtype`; the
+    scheduler as a DDIMScheduler built from its config."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if not Path(teacher).exists() and teacher.startswith((".", "/")):
@@ -91,11 +94,11 @@ def load_teacher_parts(teacher: str, weight_dtype: torch.dtype) -> TeacherParts:
             f"--teacher: {teacher!r} is not a Stable Diffusion pipeline (tokenizer, text_encoder, vae, "
             f"scheduler, unet): {str(error).splitlines()[0]}"
         ) from None
-    for module in (text_encoder, vae, unet):
+    for module, dtype in ((text_encoder, weight_dtype), (vae, torch.float32), (unet, unet_dtype)):
         module.requires_grad_(False)
         module.eval()
-        if module.dtype != weight_dtype:  # (casting to the same dtype only prints warnings)
-            module.to(dtype=weight_dtype)
+        if module.dtype != dtype:  # (casting to the same dtype only prints warnings)
+            module.to(dtype=dtype)
     return TeacherParts(tokenizer, text_encoder, vae, unet, scheduler)
 
 
@@ -119,11 +122,18 @@ def load_student(student: str | None, teacher_unet: UNet2DConditionModel, teache
     return TiUEUNet(unet)
 
 
-def add_fake_score_lora(unet: UNet2DConditionModel, rank: int, alpha: float, targets) -> list[torch.nn.Parameter]:
-    """Attach the fake-score LoRA to the (frozen) teacher UNet; returns its fp32 parameters."""
+def add_fake_score_lora(
+    unet: UNet2DConditionModel, rank: int, alpha: float, targets, init: str = "default"
+) -> list[torch.nn.Parameter]:
+    """Attach the fake-score LoRA to the (frozen) teacher UNet; returns its fp32 parameters.
+
+    init "default" is peft's default (A Kaiming-uniform, B zero), as the official script;
+    "gaussian" draws A from N(0, 1/rank). Either way B starts at zero, so the fake score
+    starts equal to the teacher."""
     from peft import LoraConfig
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights="gaussian")
+    init_lora_weights = {"default": True, "gaussian": "gaussian"}[init]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=init_lora_weights)
     try:
         unet.add_adapter(config, adapter_name=LORA_ADAPTER)
     except ValueError as error:

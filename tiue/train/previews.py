@@ -6,7 +6,7 @@ import torch
 
 from tiue.train.ema import EMA
 
-__all__ = ["render_validation_grid"]
+__all__ = ["render_validation_grid", "write_validation_grid"]
 
 
 @torch.no_grad()
@@ -50,3 +50,25 @@ def render_validation_grid(
     finally:
         student_unet.train(was_training)
     return make_grid(images)
+
+
+def write_validation_grid(trainer):
+    """OUTPUT/validation/step-SSSSSSSS.png from the trainer's EMA student (and to TensorBoard)."""
+    if trainer.validation_text is None:
+        return None
+    from tiue.files import atomic_path
+
+    grid = render_validation_grid(
+        student_unet=trainer.student_unet, ema=trainer.ema, vae=trainer.vae, text_encoder=trainer.text_encoder,
+        tokenizer=trainer.tokenizer, scheduler=trainer.scheduler, prompt_embeds=trainer.validation_text,
+        num_steps=trainer.config.num_steps, resolution=trainer.resolution, seed=trainer.config.seed,
+    )
+    path = trainer.output_dir / "validation" / f"step-{trainer.step:08d}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        grid.save(tmp, format="PNG")
+    if trainer.report_to == "tensorboard":
+        import numpy as np
+
+        tracker = trainer.accelerator.get_tracker("tensorboard")
+        tracker.log_images({"validation": np.asarray(grid)[None]}, step=trainer.step, dataformats="NHWC")
+    return path

@@ -32,9 +32,14 @@ class StepDraws:
         return StepDraws(**{k: v.to(device) for k, v in vars(self).items()})
 
 
-def sample_generator(seed: int, micro_step: int, sample_index: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, micro_step, sample_index]).generate_state(2, dtype=np.uint32)
+def sample_generator(seed: int, micro_step: int, sample_index: int, stream: int = 0) -> torch.Generator:
+    sequence = np.random.SeedSequence([seed, micro_step, sample_index], spawn_key=(stream,) if stream else ())
+    state = sequence.generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# The stream of draws made once per global batch (not per sample), so every process agrees.
+_BATCH_STREAM = 1
 
 
 def draw_step(
@@ -47,8 +52,14 @@ def draw_step(
     vsd_timestep_range: tuple[int, int],
     num_train_timesteps: int,
     null_prompt_probability: float,
+    null_prompt_scope: str = "batch",
 ) -> StepDraws:
-    """Draws for samples first_sample .. first_sample + batch_size - 1 of the global batch (on CPU)."""
+    """Draws for samples first_sample .. first_sample + batch_size - 1 of the global batch (on CPU).
+
+    null_prompt_scope "batch": the LoRA loss drops the prompts of the whole global batch with
+    probability null_prompt_probability (one draw per micro-step, as the official script);
+    "sample": each sample's prompt is dropped on its own draw.
+    """
     rows = []
     for index in range(first_sample, first_sample + batch_size):
         g = sample_generator(seed, micro_step, index)
@@ -63,4 +74,9 @@ def draw_step(
             )
         )
     columns = [torch.stack(column) for column in zip(*rows)]
+    if null_prompt_scope == "batch":
+        g = sample_generator(seed, micro_step, 0, stream=_BATCH_STREAM)
+        columns[-1] = (torch.rand((), generator=g) < null_prompt_probability).expand(batch_size).clone()
+    elif null_prompt_scope != "sample":
+        raise ValueError(f"null_prompt_scope: expected batch or sample, got {null_prompt_scope!r}")
     return StepDraws(*columns)

@@ -22,7 +22,7 @@ from tiue.train import losses
 from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
 from tiue.train.randomness import StepDraws
 
-__all__ = ["DistillationStep", "StudentResult"]
+__all__ = ["DistillationStep", "StudentResult", "StepLosses"]
 
 
 @dataclass
@@ -35,6 +35,33 @@ class StudentResult:
     @property
     def loss(self) -> torch.Tensor:
         return self.loss_vsd + self.loss_kl + self.loss_clip.to(self.loss_vsd.device)
+
+
+@dataclass
+class StepLosses:
+    """The loss values of one (micro-)step, as floats, for logging and averaging."""
+
+    vsd: float = 0.0
+    kl: float = 0.0
+    lora: float = 0.0
+    clip: float = 0.0
+
+    @property
+    def student(self) -> float:
+        return self.vsd + self.kl + self.clip
+
+    def __add__(self, other: "StepLosses") -> "StepLosses":
+        return StepLosses(self.vsd + other.vsd, self.kl + other.kl, self.lora + other.lora, self.clip + other.clip)
+
+    def scaled(self, factor: float) -> "StepLosses":
+        return StepLosses(self.vsd * factor, self.kl * factor, self.lora * factor, self.clip * factor)
+
+    def as_tensor(self, device) -> torch.Tensor:
+        return torch.tensor([self.vsd, self.kl, self.lora, self.clip], device=device, dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> "StepLosses":
+        return cls(*values.tolist())
 
 
 class DistillationStep:
@@ -81,6 +108,17 @@ class DistillationStep:
         self.clip, self.vae = clip, vae
         self.lambda_clip, self.clip_margin = lambda_clip, clip_margin
         self.autocast = autocast
+
+    @classmethod
+    def from_config(cls, config, *, student, fake_score, fake_score_unwrapped, scheduler, null_text, device,
+                    clip=None, vae=None, autocast=nullcontext) -> "DistillationStep":
+        """The step a TrainConfig describes, over the given models."""
+        return cls(
+            student=student, fake_score=fake_score, fake_score_unwrapped=fake_score_unwrapped, scheduler=scheduler,
+            null_text=null_text, num_steps=config.num_steps, guidance_scale=config.guidance_scale,
+            lambda_kl=config.lambda_kl, device=device, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
+            clip_margin=config.clip_margin, autocast=autocast,
+        )
 
     def null_batch(self, batch: int) -> torch.Tensor:
         return self.null_text.expand(batch, *self.null_text.shape[1:])

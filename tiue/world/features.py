@@ -18,6 +18,7 @@ from torch import nn
 
 from tiue.data.shapes import COLOURS, SHAPES, SIZES
 from tiue.files import atomic_directory
+from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ProgressLog
 
@@ -86,7 +87,9 @@ class FeatureNetSettings:
     seed: int = 0
 
 
-def train_feature_net(settings: FeatureNetSettings, data: WorldTensors, config: FeatureNetConfig) -> ShapesFeatureNet:
+def train_feature_net(
+    settings: FeatureNetSettings, data: WorldTensors, config: FeatureNetConfig, checkpoint: StageCheckpoint | None = None
+) -> ShapesFeatureNet:
     """Cross-entropy on every head (size and background are drawn even when the caption does
     not name them, so every picture has all four labels)."""
     torch.manual_seed(settings.seed)
@@ -95,7 +98,8 @@ def train_feature_net(settings: FeatureNetSettings, data: WorldTensors, config: 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     log = ProgressLog("features", settings.steps)
-    for step in range(1, settings.steps + 1):
+
+    def step_fn(step: int) -> None:
         index = torch.randint(len(data), (settings.batch_size,), generator=generator)
         _, logits = model(data.images[index])
         losses = {name: F.cross_entropy(logits[name], data.labels[name][index]) for name in HEADS}
@@ -105,4 +109,6 @@ def train_feature_net(settings: FeatureNetSettings, data: WorldTensors, config: 
         optimizer.step()
         schedule.step()
         log.step(step, loss=loss.item())
+
+    run_steps(LoopParts({"features": model}, optimizer, schedule, generator), settings.steps, checkpoint, step_fn, log)
     return model.eval()

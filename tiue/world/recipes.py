@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tiue.data.shapes import WorldConfig
+from tiue.world.checkpoints import StageCheckpoint
 from tiue.files import atomic_directory, write_text_atomically
 
 __all__ = ["JOBS", "load_recipe", "run_recipe", "RecipeResult"]
@@ -24,6 +25,7 @@ __all__ = ["JOBS", "load_recipe", "run_recipe", "RecipeResult"]
 JOBS = ("teacher", "features")
 _COMMON = {"job", "output_dir", "seed", "num_threads", "dataset_size", "world"}
 _SECTIONS = {"teacher": {"text_encoder", "vae", "teacher"}, "features": {"features"}}
+_STAGES = {"teacher": ("vae", "teacher"), "features": ("features",)}
 
 
 @dataclasses.dataclass
@@ -60,9 +62,15 @@ def _settings(cls, values: dict | None, name: str):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def run_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) -> RecipeResult:
+def run_recipe(
+    recipe: dict[str, Any], overrides: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False
+) -> RecipeResult:
     """Run a loaded recipe. overrides: top-level keys (output_dir) or 'section.key' values
-    (teacher.steps), as `tiue world train --set` gives them."""
+    (teacher.steps), as `tiue world train --set` gives them.
+
+    Each stage checkpoints into OUTPUT_DIR/checkpoints every few minutes. resume=True continues
+    from there (with the same recipe); a folder holding a run is refused unless resume or
+    overwrite is given. wall_time.txt counts this sitting and the training time of earlier ones."""
     import yaml
 
     from tiue.world.training import set_threads
@@ -70,18 +78,50 @@ def run_recipe(recipe: dict[str, Any], overrides: dict[str, Any] | None = None) 
     recipe = _apply_overrides(recipe, overrides or {})
     set_threads(recipe.get("num_threads"))
     output_dir = Path(recipe.get("output_dir") or f"runs/shapes-{recipe['job']}")
+    checkpoints = output_dir / "checkpoints"
+    _check_resume(output_dir, recipe, resume, overwrite)
+    write_text_atomically(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     start = time.perf_counter()
     final = output_dir / "final"
+    stages = [StageCheckpoint(checkpoints, name) for name in _STAGES[recipe["job"]]]
     with atomic_directory(final) as tmp:
         if recipe["job"] == "teacher":
-            _run_teacher(recipe, tmp)
+            _run_teacher(recipe, tmp, *stages)
         else:
-            _run_features(recipe, tmp)
-    seconds = time.perf_counter() - start
-    write_text_atomically(output_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+            _run_features(recipe, tmp, *stages)
+    seconds = time.perf_counter() - start + sum(stage.earlier_seconds for stage in stages)
     write_text_atomically(output_dir / "wall_time.txt", f"{seconds:.1f}\n")
     print(f"{recipe['job']}: wrote {final} in {seconds:.0f}s", flush=True)
     return RecipeResult(final, seconds)
+
+
+def _check_resume(output_dir: Path, recipe: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    import shutil
+
+    import yaml
+
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite: pick one (continue the run, or start it over)")
+    started = (output_dir / "recipe.yaml").is_file()
+    if started and overwrite:
+        for name in ("checkpoints", "final", "recipe.yaml", "wall_time.txt"):
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if not started or overwrite:
+        return
+    if not resume:
+        raise ValueError(
+            f"--output-dir: {output_dir} already holds a run of this recipe; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    # Thread count changes speed, not results: a sitting on a busier machine may use fewer.
+    changed = sorted(k for k in set(saved) | set(recipe) if k != "num_threads" and saved.get(k) != recipe.get(k))
+    if changed:
+        raise ValueError(
+            f"--resume: {output_dir} was started with other settings ({', '.join(changed)} differ); "
+            "resume with the same recipe and --set values, or pass --overwrite"
+        )
 
 
 def _apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +139,7 @@ def _world(recipe) -> WorldConfig:
     return _settings(WorldConfig, recipe.get("world"), "world")
 
 
-def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
+def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, teacher_stage: StageCheckpoint) -> None:
     import shutil
 
     from diffusers import DDIMScheduler
@@ -121,8 +161,10 @@ def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
     data = draw_training_set(int(recipe.get("dataset_size", 20000)), seed, world)
     tokenizer = build_world_tokenizer(out / ".tokenizer-build", vocabulary(world))
     text_encoder = build_world_text_encoder(tokenizer, seed=seed, **text_settings)
-    vae = train_vae(vae_settings, data, world.resolution)
-    unet, text_encoder = train_teacher(teacher_settings, data, vae, tokenizer, text_encoder)
+    vae = train_vae(vae_settings, data, world.resolution, vae_stage)
+    unet, text_encoder = train_teacher(
+        teacher_settings, data, vae, tokenizer, text_encoder, teacher_stage
+    )
     pipe = TiUEPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -134,7 +176,7 @@ def _run_teacher(recipe: dict[str, Any], out: Path) -> None:
     shutil.rmtree(out / ".tokenizer-build", ignore_errors=True)
 
 
-def _run_features(recipe: dict[str, Any], out: Path) -> None:
+def _run_features(recipe: dict[str, Any], out: Path, stage: StageCheckpoint) -> None:
     from tiue.world.datasets import draw_training_set
     from tiue.world.features import FeatureNetConfig, FeatureNetSettings, train_feature_net
 
@@ -144,7 +186,7 @@ def _run_features(recipe: dict[str, Any], out: Path) -> None:
     config = _settings(FeatureNetConfig, dict({k: v for k, v in section.items() if k in config_keys}, resolution=world.resolution), "features")
     settings = _settings(FeatureNetSettings, dict({"seed": seed}, **{k: v for k, v in section.items() if k not in config_keys}), "features")
     data = draw_training_set(int(recipe.get("dataset_size", 20000)), seed, world)
-    model = train_feature_net(settings, data, config)
+    model = train_feature_net(settings, data, config, stage)
     model.save_pretrained(out / "model")
     # save_pretrained writes atomically into its own folder; move its files up into `out`.
     for item in (out / "model").iterdir():

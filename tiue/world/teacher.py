@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
+from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ExponentialMovingAverage, ProgressLog
 
@@ -72,8 +73,9 @@ def train_teacher(
     vae: AutoencoderKL,
     tokenizer: CLIPTokenizer,
     text_encoder: CLIPTextModel,
+    checkpoint: StageCheckpoint | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Returns the EMA UNet and EMA text encoder, in eval mode."""
+    """Returns the EMA UNet and EMA text encoder, in eval mode; resumes from `checkpoint`."""
     mean, std = encode_latents(vae.eval(), data.images)
     scale = vae.config.scaling_factor
     latent_size = mean.shape[-1]
@@ -91,7 +93,8 @@ def train_teacher(
     text_ema = ExponentialMovingAverage(text_encoder, settings.ema_decay)
     generator = torch.Generator().manual_seed(settings.seed)
     log = ProgressLog("teacher", settings.steps)
-    for step in range(1, settings.steps + 1):
+
+    def step_fn(step: int) -> None:
         index = torch.randint(len(data), (settings.batch_size,), generator=generator)
         latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
@@ -111,4 +114,10 @@ def train_teacher(
         unet_ema.update(unet)
         text_ema.update(text_encoder)
         log.step(step, loss=loss.item())
+
+    parts = LoopParts(
+        {"unet": unet, "text_encoder": text_encoder}, optimizer, schedule, generator,
+        {"unet": unet_ema, "text_encoder": text_ema},
+    )
+    run_steps(parts, settings.steps, checkpoint, step_fn, log)
     return unet_ema.model.eval(), text_ema.model.eval()

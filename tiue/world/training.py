@@ -42,12 +42,20 @@ class ExponentialMovingAverage:
         for average, live in zip(self.model.buffers(), model.buffers()):
             average.copy_(live)
 
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
 
 class ProgressLog:
     """Prints 'job step/total loss=... (elapsed, steps/s)' every `every` steps and at the end."""
 
-    def __init__(self, job: str, total: int, every: int = 50):
+    def __init__(self, job: str, total: int, every: int = 50, first: int = 1):
         self.job, self.total, self.every = job, total, max(1, every)
+        self.first = first  # a resumed run starts past 1: its rate counts only its own steps
         self.start = time.perf_counter()
 
     @property
@@ -57,6 +65,6 @@ class ProgressLog:
     def step(self, step: int, **values: float) -> None:
         if step % self.every and step != self.total:
             return
-        rate = step / max(self.elapsed, 1e-9)
+        rate = (step - self.first + 1) / max(self.elapsed, 1e-9)
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
         print(f"{self.job} {step}/{self.total} {shown} ({self.elapsed:.0f}s, {rate:.2f} steps/s)", flush=True)

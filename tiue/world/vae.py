@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ProgressLog
 
@@ -46,18 +47,20 @@ def build_world_vae(settings: VAESettings, resolution: int) -> AutoencoderKL:
     )
 
 
-def train_vae(settings: VAESettings, data: WorldTensors, resolution: int) -> AutoencoderKL:
-    """Reconstruction (MSE + L1) plus a small KL to N(0, I); returns the VAE in eval mode."""
+def train_vae(settings: VAESettings, data: WorldTensors, resolution: int, checkpoint: StageCheckpoint | None = None) -> AutoencoderKL:
+    """Reconstruction (MSE + L1) plus a small KL to N(0, I); returns the VAE in eval mode.
+    With a checkpoint, the loop resumes where it was stopped and a finished VAE is reused."""
     vae = build_world_vae(settings, resolution).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     log = ProgressLog("vae", settings.steps)
-    for step in range(1, settings.steps + 1):
+
+    def step_fn(step: int) -> None:
         index = torch.randint(len(data), (settings.batch_size,), generator=generator)
         images = data.images[index]
         posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         rec_loss = F.mse_loss(reconstruction, images) + F.l1_loss(reconstruction, images)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = rec_loss + settings.kl_weight * kl
@@ -67,6 +70,8 @@ def train_vae(settings: VAESettings, data: WorldTensors, resolution: int) -> Aut
         optimizer.step()
         schedule.step()
         log.step(step, reconstruction=rec_loss.item(), kl=kl.item())
+
+    run_steps(LoopParts({"vae": vae}, optimizer, schedule, generator), settings.steps, checkpoint, step_fn, log)
     vae.eval()
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, data.images[:1024]))
     return vae
@@ -75,5 +80,6 @@ def train_vae(settings: VAESettings, data: WorldTensors, resolution: int) -> Aut
 @torch.no_grad()
 def latent_scaling_factor(vae: AutoencoderKL, images: torch.Tensor) -> float:
     """1 / std of sampled latents: the factor that gives the diffusion model unit-variance input."""
-    latents = torch.cat([vae.encode(chunk).latent_dist.sample() for chunk in images.split(256)])
+    generator = torch.Generator().manual_seed(0)  # the same factor whether or not the run resumed
+    latents = torch.cat([vae.encode(chunk).latent_dist.sample(generator=generator) for chunk in images.split(256)])
     return float(1.0 / latents.std())

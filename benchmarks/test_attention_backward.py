@@ -1,0 +1,87 @@
+"""Backward of tiue.ops.shared_kv_attention: SDPA's fused backward vs the einsum formula.
+
+    python -m pytest benchmarks/test_attention_backward.py -q -s
+
+"einsum" is the formula the op's backward used before (it holds the fp32 (K, B, H, N, M)
+probabilities and three more tensors of that size); "sdpa" is the op's torch backward now
+(SDPA's fused kernel on the K groups folded into the query axis). Shapes: the student's
+cross-attention at the highest UNet level, text keys M = 77, K = 4. Peak memory counts the
+tensors the backward allocates (tiue.testing.memory.PeakMemory), not its inputs. Results:
+benchmarks/results/attention-backward-<device>.md. Nothing is asserted about speed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import _write_atomically, device_name, git_revision  # noqa: E402
+
+from tiue.ops.reference import shared_kv_attention_backward_reference, shared_kv_attention_backward_sdpa  # noqa: E402
+from tiue.testing.memory import PeakMemory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# (name, K, B, H, N, M, D): the small training benchmark's level and SD2.1-base's 64x64 level.
+SHAPES = [
+    ("small 16x16 latents", 4, 2, 4, 256, 77, 32),
+    ("SD2.1 64x64 level, batch 1", 4, 1, 5, 4096, 77, 64),
+]
+VARIANTS = {"einsum (before)": shared_kv_attention_backward_reference, "sdpa (now)": shared_kv_attention_backward_sdpa}
+
+
+def _inputs(k_groups, batch, heads, tokens, keys, head_dim):
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(k_groups, batch, heads, tokens, head_dim, generator=generator)
+    k = torch.randn(batch, heads, keys, head_dim, generator=generator)
+    v = torch.randn(batch, heads, keys, head_dim, generator=generator)
+    out = torch.ops.tiue.shared_kv_attention(q, k, v)
+    return torch.randn(out.shape, generator=generator), q, k, v, out
+
+
+def test_attention_backward_time_and_memory():
+    import tiue.ops  # noqa: F401  (registers the op)
+
+    rows = []
+    for name, *shape in SHAPES:
+        args = _inputs(*shape)
+        reference = shared_kv_attention_backward_reference(*args)
+        for variant, fn in VARIANTS.items():
+            grads = fn(*args)
+            for got, expected in zip(grads, reference):
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            with PeakMemory() as memory:
+                fn(*args)
+            seconds = []
+            for _ in range(5):
+                start = time.perf_counter()
+                fn(*args)
+                seconds.append(time.perf_counter() - start)
+            rows.append((name, variant, statistics.median(seconds) * 1e3, memory.peak_bytes / 2**20))
+    device = torch.device("cpu")
+    lines = [
+        f"### shared_kv_attention backward on {device_name(device)}",
+        "",
+        f"git {git_revision()}, torch {torch.__version__}, fp32, K = 4, M = 77 text keys; "
+        "`python -m pytest benchmarks/test_attention_backward.py -q -s`",
+        "",
+        "| shape (K, B, H, N, M, D) | backward | median ms | peak memory MiB |",
+        "|---|---|---:|---:|",
+    ]
+    for (name, variant, ms, mib), shape in zip(rows, [s for s in SHAPES for _ in VARIANTS]):
+        lines.append(f"| {name} {tuple(shape[1:])} | {variant} | {ms:.1f} | {mib:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    path = ROOT / "benchmarks" / "results" / f"attention-backward-{device_name(device).lower().replace(' ', '-')}.md"
+    _write_atomically(path, text)
+    assert path.is_file()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s"]))
