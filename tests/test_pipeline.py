@@ -51,6 +51,28 @@ def test_timesteps_follow_the_checkpoint_scheduler(pipe):
     assert coeffs.shape == (5,)
 
 
+def test_timestep_spacing_is_a_choice_and_one_step_leading_warns(pipe):
+    from tiue.schedule import loopfree_coefficients
+
+    with pytest.warns(UserWarning, match="K = 1 starts at timestep 1 .*far from the pure noise"):
+        timesteps, _ = loopfree_coefficients(pipe.scheduler, 1)
+    assert timesteps.tolist() == [1]  # SD2.1-base's leading spacing, steps_offset 1
+    trailing = pipe.with_timestep_spacing("trailing")
+    assert trailing.unet is pipe.unet and pipe.scheduler.config.timestep_spacing == "leading"
+    assert trailing.loopfree_schedule(1)[0].tolist() == [999]
+    assert trailing.loopfree_schedule(4)[0].tolist() == [999, 749, 499, 249]
+    assert pipe.with_timestep_spacing(None) is pipe
+    with pytest.raises(ValueError, match="timestep_spacing: expected one of leading, trailing, linspace, got 'even'"):
+        pipe.with_timestep_spacing("even")
+    image = trailing("a cat", num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape[0] == 1 and np.isfinite(image).all()
+
+
+def test_too_many_steps_for_the_schedule_is_a_clear_error(pipe):
+    with pytest.raises(ValueError, match="num_inference_steps: 1000 steps .* reach timestep 1000, past its last"):
+        pipe.loopfree_schedule(1000)
+
+
 def test_loop_mode_matches_stable_diffusion_pipeline(pipe):
     noise = noise_for(pipe, 2, seed=1)
     ours = pipe(PROMPTS[:2], num_inference_steps=3, latents=noise, output_type="pt", mode="loop").images

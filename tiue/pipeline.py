@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -17,12 +17,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
-from tiue.schedule import as_ddim_scheduler, loopfree_coefficients
+from tiue.schedule import TIMESTEP_SPACINGS, as_ddim_scheduler, loopfree_coefficients
 from tiue.files import write_text_atomically
 from tiue.unet import TiUEUNet
 from tiue.validation import check_call_arguments
 
-__all__ = ["TiUEPipeline", "TiUEPipelineOutput", "OUTPUT_TYPES", "MODES", "encode_prompt_embeddings"]
+__all__ = ["TiUEPipeline", "TiUEPipelineOutput", "OUTPUT_TYPES", "MODES", "TIMESTEP_SPACINGS", "encode_prompt_embeddings"]
 
 
 @torch.no_grad()
@@ -86,6 +86,23 @@ class TiUEPipeline(DiffusionPipeline):
         self._tiue_unet: TiUEUNet | None = None
         self._fast_path: FastPath | None = None
         self._coefficient_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def with_timestep_spacing(self, timestep_spacing: str | None) -> "TiUEPipeline":
+        """These models with a DDIM scheduler of another timestep spacing ("leading",
+        "trailing", "linspace"); None or the current spacing returns this pipeline itself.
+        A student samples best with the spacing it was trained with, which its scheduler
+        config records; one-step samplers run at t = 999 only with "trailing"."""
+        if timestep_spacing is None or timestep_spacing == self.scheduler.config.timestep_spacing:
+            return self
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"timestep_spacing: expected one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}"
+            )
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing)
+        pipe = type(self)(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                          scheduler=scheduler)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

@@ -15,9 +15,11 @@ import warnings
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
+__all__ = ["TIMESTEP_SPACINGS", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# diffusers' DDIM timestep spacings: "leading" (SD's configs), "trailing" (K = 1 at t = 999), "linspace".
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def as_ddim_scheduler(scheduler) -> DDIMScheduler:

@@ -147,3 +147,25 @@ def test_resume_latest_skips_a_damaged_newest_checkpoint_with_a_warning(make_con
         resumed = Trainer(make_config(max_steps=3, resume="latest", checkpoint_every=1, keep_checkpoints=2))
     assert resumed.step == 1 and resumed.last_checkpoint == found[0][1]
     assert f"skipping damaged checkpoint {found[-1][1]}" in caplog.text
+
+
+def test_a_finished_run_is_never_trained_over_without_resume_or_overwrite(make_config, tmp_path):
+    Trainer(make_config(max_steps=1)).fit()
+    final = tmp_path / "run" / "final" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = final.read_bytes()
+    with pytest.raises(ValueError, match="--output-dir: .* already holds a run \\(final, checkpoints\\); pass --resume latest"):
+        Trainer(make_config(max_steps=1, seed=1))
+    assert final.read_bytes() == before
+    with pytest.raises(ValueError, match="--overwrite: cannot be combined with --resume"):
+        Trainer(make_config(max_steps=1, overwrite=True, resume="latest"))
+    trainer = Trainer(make_config(max_steps=1, seed=1, overwrite=True))
+    assert not (tmp_path / "run" / "final").exists() and not trainer.checkpoint_dir.exists()
+    trainer.fit()
+    assert final.read_bytes() != before
+
+
+def test_an_embedded_model_name_works_as_the_teacher(make_config, tmp_path):
+    trainer = Trainer(make_config(teacher="shapes-teacher", max_steps=1, resolution=None, batch_size=2,
+                                  output_dir=str(tmp_path / "embedded")))
+    assert trainer.resolution == 32
+    assert trainer.fit().final.is_dir()

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, default=4, help="K: decoder steps (loopfree) or DDIM steps (loop) (default 4)")
     add("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampler (default loopfree)")
     add("--guidance-scale", type=float, help="classifier-free guidance for teacher sampling (needs --mode loop)")
+    add("--timestep-spacing", choices=("leading", "trailing", "linspace"),
+        help="DDIM timestep spacing (default: the model scheduler's own; trailing runs 1 step at t = 999)")
     add("--num-images", type=int, default=256, help="images to generate (default 256)")
     add("--seed", type=int, default=0, help="image i uses seed + i; also picks the shapes-world prompts (default 0)")
     add("--batch-size", type=int, default=64, help="images per sampler call (default 64)")
@@ -51,6 +53,7 @@ def spec_from_args(args: argparse.Namespace):
         steps=args.steps,
         mode=args.mode,
         guidance_scale=args.guidance_scale,
+        timestep_spacing=args.timestep_spacing,
         num_images=args.num_images,
         seed=args.seed,
         batch_size=args.batch_size,

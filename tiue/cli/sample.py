@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
+    parser.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"),
+                        help="DDIM timestep spacing (default: the model scheduler's own, as it was trained)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--fast", action="store_true", help="compiled fast path (CUDA graphs on CUDA)")
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
     model = args.model or default_model()
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
-    pipe = load_pipeline(model, args.device, args.dtype, args.fast)
+    pipe = load_pipeline(model, args.device, args.dtype, args.fast).with_timestep_spacing(args.timestep_spacing)
     group = ProcessGroup.from_environment()
     try:
         _sample_shard(pipe, prompts, group, args)

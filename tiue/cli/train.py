@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     machinery.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints (default 500)")
     machinery.add_argument("--keep-checkpoints", type=int, help="how many recent checkpoints to keep (default 3)")
     machinery.add_argument("--resume", help="'latest' or a checkpoint folder")
+    machinery.add_argument("--overwrite", type=_bool, nargs="?", const=True,
+                           help="delete an earlier run's checkpoints and final/ in --output-dir and start over")
     machinery.add_argument("--max-consecutive-nonfinite", type=int, help="stop after this many bad steps in a row (default 10)")
     machinery.add_argument("--validate-every", type=int, help="steps between validation grids (default 0: at the end only)")
     machinery.add_argument("--validation-prompts", action="append", help="a validation prompt (repeatable)")

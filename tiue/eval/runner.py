@@ -24,6 +24,7 @@ from tiue.eval.agreement import attribute_accuracy, clip_score
 from tiue.eval.fid import fid_from_features
 from tiue.eval.prdc import f1_score, prdc
 from tiue.eval.sharding import ProcessGroup
+from tiue.schedule import TIMESTEP_SPACINGS
 
 __all__ = ["EvalSpec", "evaluate", "measure", "reference_metrics", "sample_images", "reference_scenes", "REFERENCE_SEED_OFFSET", "METRIC_KEYS"]
 
@@ -39,6 +40,7 @@ class EvalSpec:
     steps: int = 4
     mode: str = "loopfree"
     guidance_scale: float | None = None  # teacher CFG (DDIM loop); None: the pipeline as it is
+    timestep_spacing: str | None = None  # None: the model scheduler's own
     num_images: int = 256
     seed: int = 0
     batch_size: int = 64
@@ -57,6 +59,8 @@ class EvalSpec:
             ("--num-images", self.num_images, self.num_images > self.nearest_k, f"an integer > k = {self.nearest_k}"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
             ("--mode", self.mode, self.mode in MODES, " or ".join(MODES)),
+            ("--timestep-spacing", self.timestep_spacing, self.timestep_spacing in (None, *TIMESTEP_SPACINGS),
+             " or ".join(TIMESTEP_SPACINGS)),
         ]
         for flag, value, ok, accepted in checks:
             if not ok:
@@ -121,7 +125,7 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
 
     spec.validate()
     group = group or ProcessGroup.from_environment()
-    pipe = load_pipeline(spec.model, spec.device, spec.dtype)
+    pipe = load_pipeline(spec.model, spec.device, spec.dtype).with_timestep_spacing(spec.timestep_spacing)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     real_world = spec.prompt_file is not None

@@ -42,6 +42,7 @@ __all__ = [
     "find_checkpoint",
     "read_resumable",
     "save_run",
+    "claim_output_dir",
     "resume_run",
     "write_checkpoint",
     "read_checkpoint",
@@ -201,6 +202,27 @@ def restore_rng_state(state: dict) -> None:
 
 
 # -- a Trainer's checkpoint ----------------------------------------------------------------
+
+
+def claim_output_dir(output_dir: Path, config, accelerator) -> None:
+    """Refuse to train over an earlier run unless --resume or --overwrite says what to do with
+    it: a finished final/ is never replaced, nor old checkpoints left for a later --resume."""
+    from tiue.train.config import flag_name
+
+    earlier = [p for p in (output_dir / "final", output_dir / "checkpoints") if p.exists()]
+    if not earlier or config.resume is not None:
+        return
+    if not config.overwrite:
+        raise ValueError(
+            f"{flag_name('output_dir')}: {output_dir} already holds a run ({', '.join(p.name for p in earlier)}); "
+            f"pass {flag_name('resume')} latest to continue it, {flag_name('overwrite')} to start over, "
+            "or another --output-dir"
+        )
+    if accelerator.is_main_process:
+        for path in earlier:
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+
 
 def _run_state(trainer) -> dict:
     return {

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tiue.schedule import TIMESTEP_SPACINGS
+
 __all__ = [
     "TrainConfig", "load_yaml_config", "flag_name", "MIXED_PRECISIONS", "REPORT_TO", "NULL_PROMPT_SCOPES",
     "LORA_INITS", "TIMESTEP_SPACINGS",
@@ -23,7 +25,6 @@ REPORT_TO = ("none", "tensorboard")
 NULL_PROMPT_SCOPES = ("batch", "sample")
 # "default": peft's init (A Kaiming-uniform, B zero; the official script); "gaussian": A ~ N(0, 1/r).
 LORA_INITS = ("default", "gaussian")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 DEFAULT_VALIDATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -85,6 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     resume: str | None = None  # "latest" or a checkpoint folder
+    overwrite: bool = False  # start over in an output folder that holds an earlier run
     max_consecutive_nonfinite: int = 10
     validate_every: int = 0  # 0 = only at the end
     validation_prompts: tuple[str, ...] = DEFAULT_VALIDATION_PROMPTS
@@ -158,7 +160,9 @@ class TrainConfig:
         _check_choice("lora_init", self.lora_init, LORA_INITS)
         if self.timestep_spacing is not None:
             _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32"):
+        if self.overwrite and self.resume is not None:
+            raise ValueError(f"{flag_name('overwrite')}: cannot be combined with {flag_name('resume')} {self.resume!r}; pick one")
+        for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{flag_name(name)}: expected true or false, got {getattr(self, name)!r}")
         if self.report_to is not None:

@@ -47,6 +47,9 @@ def export_final(
 
     from tiue.pipeline import TiUEPipeline
 
+    from tiue.embedded import resolve_model
+
+    teacher = resolve_model(teacher)
     output = Path(output)
     ema_unet = _unet_with(ema.state_dict(), student_unet.config)
     pipe = TiUEPipeline(

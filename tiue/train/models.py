@@ -81,6 +81,9 @@ def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torc
     scheduler as a DDIMScheduler built from its config."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from tiue.embedded import resolve_model
+
+    teacher = resolve_model(teacher)
     if not Path(teacher).exists() and teacher.startswith((".", "/")):
         raise ValueError(f"--teacher: no such folder: {teacher}")
     unet = _load_unet(teacher, "--teacher")
@@ -104,7 +107,9 @@ def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torc
 
 def load_student(student: str | None, teacher_unet: UNet2DConditionModel, teacher: str) -> TiUEUNet:
     """The student: a TiUEUNet over an fp32 UNet from --student, or the teacher's weights."""
-    unet = _load_unet(student or teacher, "--student" if student else "--teacher")
+    from tiue.embedded import resolve_model
+
+    unet = _load_unet(resolve_model(student or teacher), "--student" if student else "--teacher")
     # Keys starting with "_" record where and with what a config was saved, not the architecture.
     differing = sorted(
         k for k in set(unet.config) | set(teacher_unet.config)

@@ -61,6 +61,7 @@ class Trainer:
         self.captions = load_captions(config.captions, config.caption_field)
         self.accelerator, self.report_to = make_accelerator(config, self.output_dir)
         acc = self.accelerator
+        ckpt.claim_output_dir(self.output_dir, config, acc)
         self.device = acc.device
         self.batch_size = config.per_process_batch_size(acc.num_processes)
         self.sampler = CaptionSampler(
