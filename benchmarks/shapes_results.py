@@ -4,8 +4,9 @@ similarity (Fig. 1c). One command, from the repository root:
 
     OMP_NUM_THREADS=1 python benchmarks/shapes_results.py
 
-Models default to the embedded teacher and student and to the ablation runs of
-configs/shapes-tiue-nokl.yaml and configs/shapes-vsd.yaml (runs/*/final).
+Models default to the embedded teacher and student, to the one-step VSD student of
+configs/shapes-vsd.yaml and to the KL ablation runs (three seeds with and without KL, see
+RECIPES), all under runs/*/final.
 """
 
 from __future__ import annotations
@@ -42,15 +43,23 @@ RECIPES = {  # recipe -> (command, output folder holding wall_time.txt)
     "configs/shapes-tiue-nokl.yaml": ("tiue train --config configs/shapes-tiue-nokl.yaml", "runs/shapes-tiue-nokl"),
     "configs/shapes-vsd.yaml": ("tiue train --config configs/shapes-vsd.yaml", "runs/shapes-vsd"),
 }
+ABLATION_SEEDS = (0, 1, 2)
+for _seed in ABLATION_SEEDS:  # the KL ablation: the shipped recipe's settings on a shorter budget
+    for _name in ("tiue-ablation", "tiue-nokl"):
+        RECIPES[f"configs/shapes-{_name}.yaml seed {_seed}"] = (
+            f"tiue train --config configs/shapes-{_name}.yaml --seed {_seed} --output-dir runs/shapes-{_name}-s{_seed}",
+            f"runs/shapes-{_name}-s{_seed}",
+        )
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="shapes-teacher")
     parser.add_argument("--tiue", default="shapes", help="the TiUE student (K=4, KL 0.1)")
-    parser.add_argument("--tiue-nokl", default="runs/shapes-tiue-nokl/final")
     parser.add_argument("--vsd", default="runs/shapes-vsd/final", help="the one-step VSD student")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="teacher CFG scale (all teacher rows)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="teacher CFG scale of the 50- and 1-step rows")
+    parser.add_argument("--cfg-sweep", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.5],
+                        help="teacher CFG scales of the 4-step rows (the target is the best of them)")
     parser.add_argument("--num-images", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -61,15 +70,49 @@ def parse_args():
 def rows(args) -> list[tuple[str, str, EvalSpec]]:
     g = args.guidance_scale
     common = dict(num_images=args.num_images, seed=args.seed, batch_size=64)
+    teacher_4 = [
+        (f"teacher-4-cfg{c:g}", f"Teacher, 4 DDIM steps, CFG {c:g}",
+         EvalSpec(args.teacher, steps=4, mode="loop", guidance_scale=c, **common))
+        for c in args.cfg_sweep
+    ]
     return [
         ("teacher-50", f"Teacher, 50 DDIM steps, CFG {g:g}", EvalSpec(args.teacher, steps=50, mode="loop", guidance_scale=g, **common)),
-        ("teacher-4", f"Teacher, 4 DDIM steps, CFG {g:g}", EvalSpec(args.teacher, steps=4, mode="loop", guidance_scale=g, **common)),
-        ("teacher-1", f"Teacher, 1 DDIM step, CFG {g:g}", EvalSpec(args.teacher, steps=1, mode="loop", guidance_scale=g, **common)),
+        *teacher_4,
+        ("teacher-1", f"Teacher, 1 DDIM step at t = 999 (trailing), CFG {g:g}",
+         EvalSpec(args.teacher, steps=1, mode="loop", guidance_scale=g, timestep_spacing="trailing", **common)),
         ("teacher-loopfree", "Teacher weights sampled loop-free, K = 4 (no distillation)", EvalSpec(args.teacher, steps=4, **common)),
-        ("vsd", "One-step VSD student (K = 1)", EvalSpec(args.vsd, steps=1, **common)),
-        ("tiue-nokl", "TiUE w/o KL (K = 4)", EvalSpec(args.tiue_nokl, steps=4, **common)),
+        ("vsd", "One-step VSD student (K = 1, t = 999)", EvalSpec(args.vsd, steps=1, **common)),
         ("tiue", "TiUE (K = 4, λ_KL = 0.1) — shipped `shapes`", EvalSpec(args.tiue, steps=4, **common)),
     ]
+
+
+def ablation_specs(args) -> dict[str, list[EvalSpec]]:
+    common = dict(steps=4, num_images=args.num_images, seed=args.seed, batch_size=64)
+    return {
+        label: [EvalSpec(f"runs/shapes-{name}-s{seed}/final", **common) for seed in ABLATION_SEEDS]
+        for label, name in (("TiUE, λ_KL = 0.1", "tiue-ablation"), ("TiUE w/o KL", "tiue-nokl"))
+    }
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    digits = 3 if values.mean() < 10 else 0
+    if len(values) < 2:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def target_check(metrics: dict, cfg_sweep) -> dict:
+    """The issue's targets: the student's FID within 1.5x of the best 4-step teacher row, and
+    its accuracy at least 0.9x that row's."""
+    best_key = min((f"teacher-4-cfg{c:g}" for c in cfg_sweep), key=lambda k: metrics[k]["fid"])
+    best, student = metrics[best_key], metrics["tiue"]
+    return {
+        "best_teacher_row": best_key,
+        "fid_ratio": student["fid"] / best["fid"],
+        "accuracy_ratio": student["accuracy"] / best["accuracy"] if best["accuracy"] else None,
+        "vsd_fid_ratio": metrics["vsd"]["fid"] / best["fid"],
+    }
 
 
 def save_png(image, path: Path) -> None:
@@ -184,15 +227,27 @@ def main() -> None:
         metrics[key] = result
         table_rows.append((label, result))
         grid_png(load_pipeline(spec.model, "cpu", "fp32"), spec, args.out / f"shapes-grid-{key}.png")
-    distribution = decoder_distribution_png({"TiUE (λ_KL = 0.1)": args.tiue, "TiUE w/o KL": args.tiue_nokl},
-                                            args.out / "shapes-decoder-distribution.png")
+    ablations = {}
+    for label, specs in ablation_specs(args).items():
+        runs = [evaluate(spec) for spec in specs if Path(spec.model).is_dir()]
+        if runs:
+            ablations[label] = {key: [r[key] for r in runs] for key in ("fid", "recall", "accuracy", "precision")}
+            print(f"{label}: {json.dumps(ablations[label])}", flush=True)
+    targets = target_check(metrics, args.cfg_sweep)
+    distribution = decoder_distribution_png(
+        {"TiUE (λ_KL = 0.1)": "runs/shapes-tiue-ablation-s0/final", "TiUE w/o KL": "runs/shapes-tiue-nokl-s0/final"},
+        args.out / "shapes-decoder-distribution.png",
+    )
     similarity = similarity_png(args.teacher, args.out / "shapes-feature-similarity.png")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    summary = {"metrics": metrics, "decoder_distribution": distribution, "feature_similarity": similarity,
+    summary = {"metrics": metrics, "ablations": ablations, "targets": targets,
+               "decoder_distribution": distribution, "feature_similarity": similarity,
                "wall_times": {r: s for r, _, s in wall_times()}, "revision": revision,
                "torch_threads": args.threads, "machine": platform.processor() or platform.machine()}
     write_text_atomically(args.out / "shapes.json", json.dumps(summary, indent=2, default=str) + "\n")
-    write_text_atomically(args.out / "shapes.md", render_markdown(args, table_rows, distribution, similarity, revision))
+    write_text_atomically(
+        args.out / "shapes.md", render_markdown(args, table_rows, ablations, targets, distribution, similarity, revision)
+    )
     print(f"wrote {args.out / 'shapes.md'}")
 
 
@@ -201,7 +256,7 @@ def load_range(table_rows) -> str:
     return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
 
 
-def render_markdown(args, table_rows, distribution, similarity, revision) -> str:
+def render_markdown(args, table_rows, ablations, targets, distribution, similarity, revision) -> str:
     notes_path = args.out / "shapes-notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     lines = [
@@ -213,12 +268,24 @@ def render_markdown(args, table_rows, distribution, similarity, revision) -> str
         f"captions (evaluation seed stream {args.seed}); features from the embedded shapes feature network "
         "(64-d penultimate layer); precision/recall/density/coverage with k = 5; accuracy = share of images whose "
         "every captioned attribute (shape, colour, and size/background when named) the feature network reads back. "
-        f"Teacher rows sample with DDIM (eta = 0) and classifier-free guidance {args.guidance_scale:g}; students "
+        "Teacher rows sample with DDIM (eta = 0) and the classifier-free guidance scale they name; students "
         "sample loop-free (encoder once, K decoders in one batch). CPU ms/image: batch 64, "
         f"{args.threads} thread, VAE decode included, on a 2-core machine shared with other jobs "
         f"(1-minute load average during the timed rows: {load_range(table_rows)}), revision {revision}.",
         "",
         format_table(table_rows, first_header="Sampler"),
+        "",
+        f"Targets: the best 4-step teacher row is `{targets['best_teacher_row']}`; the shipped student's FID is "
+        f"{targets['fid_ratio']:.2f}x its FID (target <= 1.5x) and its accuracy "
+        + (f"{targets['accuracy_ratio']:.2f}x" if targets["accuracy_ratio"] is not None else "n/a")
+        + f" its accuracy (target >= 0.9x); the one-step VSD student's FID is {targets['vsd_fid_ratio']:.2f}x.",
+        "",
+        "## KL ablation (paper Table 3): three seeds each, mean ± std",
+        "",
+        "| student | FID ↓ | Precision ↑ | Recall ↑ | Accuracy ↑ |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {label} (n = {len(v['fid'])}) | {mean_std(v['fid'])} | {mean_std(v['precision'])} | {mean_std(v['recall'])} "
+          f"| {mean_std(v['accuracy'])} |" for label, v in ablations.items()],
         "",
         "## Samples: 8 seeds per prompt (paper Fig. 7)",
         "",

@@ -11,6 +11,18 @@ from pathlib import Path
 __all__ = ["write_text_atomically", "atomic_path", "atomic_directory"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: str | Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; what we publish gets the modes any other
+    tool's output gets (0666/0777 less the umask), so other users and servers can read it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -18,6 +30,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    _follow_umask(tmp, directory=False)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -41,6 +54,7 @@ def atomic_directory(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _follow_umask(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
