@@ -26,6 +26,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device: not a valid torch device: {device!r} ({error})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device} requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected cpu or cuda (optionally cuda:N), got {str(device)!r}")
     return device
 
 

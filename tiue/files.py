@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_text_atomically", "atomic_path", "atomic_directory"]
+__all__ = ["write_text_atomically", "atomic_path", "atomic_directory", "check_writable_folder"]
 
 
 def _umask() -> int:
@@ -68,3 +68,14 @@ def atomic_directory(path: str | Path):
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
+
+def check_writable_folder(flag: str, folder: Path) -> None:
+    """Fail before any work if `folder` cannot take the output (not after the first batch)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag}: exists and is not a folder: {folder}")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write into {existing} (to create or fill {folder})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
-from tiue.schedule import TIMESTEP_SPACINGS, as_ddim_scheduler, loopfree_coefficients
+from tiue.schedule import TIMESTEP_SPACINGS, as_ddim_scheduler, ddim_timesteps, loopfree_coefficients
 from tiue.files import write_text_atomically
 from tiue.unet import TiUEUNet
 from tiue.validation import check_call_arguments
@@ -283,8 +284,9 @@ class TiUEPipeline(DiffusionPipeline):
             return_dict: return a TiUEPipelineOutput, else a one-element tuple.
             mode: "loopfree" (encoder once, K decoders in one batch) or "loop" (DDIM loop).
         """
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        default_size = self.unet.config.sample_size * self.vae_scale_factor
+        height = default_size if height is None else height  # 0 is an error, not "the default"
+        width = default_size if width is None else width
         batch_size = check_call_arguments(
             prompt=prompt,
             prompt_embeds=prompt_embeds,
@@ -297,11 +299,14 @@ class TiUEPipeline(DiffusionPipeline):
             generator=generator,
             latents=latents,
             latent_channels=self.unet.config.in_channels,
+            text_width=self.unet.config.cross_attention_dim,
             output_type=output_type,
             output_types=OUTPUT_TYPES,
             mode=mode,
             modes=MODES,
         )
+        if mode == "loop":  # the loop-free pass checks its timesteps where its coefficients are made
+            ddim_timesteps(copy.deepcopy(self.scheduler), num_inference_steps)
         device = self._execution_device
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(prompt, device, num_images_per_prompt)

@@ -15,7 +15,7 @@ import warnings
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["TIMESTEP_SPACINGS", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
+__all__ = ["TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # diffusers' DDIM timestep spacings: "leading" (SD's configs), "trailing" (K = 1 at t = 999), "linspace".
@@ -77,6 +77,21 @@ def ddim_step_coefficients(
     )
 
 
+def ddim_timesteps(scheduler, num_inference_steps: int) -> torch.Tensor:
+    """The K timesteps `scheduler` runs (it is configured for K steps), checked to lie within
+    its training timesteps: "leading" spacing with steps_offset 1 passes the end at K = 1000."""
+    num_train = scheduler.config.num_train_timesteps
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps.to(torch.int64).cpu()
+    if int(timesteps.max()) >= num_train:
+        raise ValueError(
+            f"num_inference_steps: {num_inference_steps} steps with this scheduler ({scheduler.config.timestep_spacing!r} "
+            f"spacing, steps_offset {scheduler.config.steps_offset}) reach timestep {int(timesteps.max())}, past its "
+            f"last training timestep {num_train - 1}; use fewer steps or timestep_spacing 'trailing'"
+        )
+    return timesteps
+
+
 # The one pass starts from pure noise z_K; an encoder timestep whose alphabar is above this
 # treats that noise as a mostly clean latent (e.g. K = 1 with "leading" spacing runs at t = 1).
 FAR_FROM_NOISE_ALPHABAR = 0.5
@@ -119,14 +134,7 @@ def loopfree_coefficients(
             f"got {num_inference_steps}"
         )
     scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = scheduler.timesteps.to(torch.int64).cpu()
-    if int(timesteps.max()) >= num_train:
-        raise ValueError(
-            f"num_inference_steps: {num_inference_steps} steps with this scheduler ({scheduler.config.timestep_spacing!r} "
-            f"spacing, steps_offset {scheduler.config.steps_offset}) reach timestep {int(timesteps.max())}, past its "
-            f"last training timestep {num_train - 1}; use fewer steps or timestep_spacing 'trailing'"
-        )
+    timesteps = ddim_timesteps(scheduler, num_inference_steps)
     warn_if_encoder_far_from_noise(scheduler, int(timesteps[0]), num_inference_steps)
     alphas = scheduler.alphas_cumprod.double()
     final_alpha = float(scheduler.final_alpha_cumprod)

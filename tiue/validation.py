@@ -22,7 +22,7 @@ def check_positive_int(name: str, value, maximum: int | None = None) -> None:
         raise ValueError(f"{name}: expected {bound}, got {value}")
 
 
-def _prompt_count(prompt, prompt_embeds) -> int:
+def _prompt_count(prompt, prompt_embeds, text_width: int | None = None) -> int:
     if (prompt is None) == (prompt_embeds is None):
         given = "both" if prompt is not None else "neither"
         raise ValueError(f"prompt, prompt_embeds: pass exactly one of them, got {given}")
@@ -32,6 +32,13 @@ def _prompt_count(prompt, prompt_embeds) -> int:
             raise ValueError(f"prompt_embeds: expected a (B, L, D) tensor, got {shape}")
         if prompt_embeds.shape[0] == 0:
             raise ValueError("prompt_embeds: got an empty batch (B = 0)")
+        if text_width is not None and prompt_embeds.shape[-1] != text_width:
+            raise ValueError(
+                f"prompt_embeds: expected width D = {text_width} (the UNet's cross_attention_dim), "
+                f"got shape {tuple(prompt_embeds.shape)}"
+            )
+        if prompt_embeds.device.type == "meta" or not prompt_embeds.is_floating_point():
+            raise ValueError(f"prompt_embeds: expected a floating-point tensor with data, got {prompt_embeds.dtype} on {prompt_embeds.device}")
         return prompt_embeds.shape[0]
     if isinstance(prompt, str):
         return 1
@@ -56,6 +63,7 @@ def check_call_arguments(
     latents,
     latent_channels: int,
     output_type,
+    text_width: int | None = None,
     output_types: Sequence[str],
     mode,
     modes: Sequence[str],
@@ -72,12 +80,23 @@ def check_call_arguments(
                 f"{name}: must be a multiple of {size_multiple} (the VAE's downsampling factor), "
                 f"got {value}"
             )
-    batch_size = _prompt_count(prompt, prompt_embeds) * num_images_per_prompt
+    batch_size = _prompt_count(prompt, prompt_embeds, text_width) * num_images_per_prompt
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators) or (
+        isinstance(generator, (list, tuple)) and None in generators
+    ):
+        raise TypeError(
+            f"generator: expected a torch.Generator or a list of them, got {type(generator).__name__} {generator!r:.80}"
+        )
     if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
         raise ValueError(
             f"generator: a list must hold one generator per image ({batch_size}), got {len(generator)}"
         )
     if latents is not None:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents: expected a tensor, got {type(latents).__name__}")
+        if latents.device.type == "meta" or not latents.is_floating_point():
+            raise ValueError(f"latents: expected a floating-point tensor with data, got {latents.dtype} on {latents.device}")
         expected = (batch_size, latent_channels, height // size_multiple, width // size_multiple)
         if tuple(latents.shape) != expected:
             raise ValueError(f"latents: expected shape {expected}, got {tuple(latents.shape)}")

@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     spec = spec_from_args(args)
     spec.validate()
+    from tiue.cli.sample import check_device_flags
+
+    check_device_flags(args.device, args.dtype)
     group = ProcessGroup.from_environment()
     try:
         result = evaluate(spec, group)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tiue.devices import DTYPE_NAMES
 from tiue.embedded import default_model
 from tiue.eval.sharding import ProcessGroup
-from tiue.files import atomic_path
+from tiue.files import atomic_path, check_writable_folder
 
 __all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
 
@@ -49,10 +49,42 @@ def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise ValueError(f"--prompt-file: no such file: {prompt_file}")
-        prompts += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+        try:
+            text = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--prompt-file: {prompt_file} is not UTF-8 text (byte {error.start}: {error.reason})") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError("--prompt/--prompt-file: no prompt given; pass --prompt TEXT or --prompt-file FILE")
     return prompts
+
+
+def check_steps(pipe, steps: int, mode: str) -> None:
+    """--steps against the model's schedule, before any image is sampled."""
+    import copy
+
+    from tiue.schedule import ddim_timesteps
+
+    try:
+        ddim_timesteps(copy.deepcopy(pipe.scheduler), steps)
+    except ValueError as error:
+        raise ValueError(f"--steps: {error}") from None
+
+
+def check_device_flags(device, dtype) -> None:
+    """--device and --dtype before any model loads (their errors name the flags)."""
+    from tiue.devices import resolve_device, resolve_dtype
+
+    try:
+        resolve_dtype(dtype, resolve_device(device))
+    except ValueError as error:  # "device: ..." / "dtype: ..."
+        raise ValueError(f"--{error}") from None
+
+
+def check_seed(flag: str, seed: int, count: int) -> None:
+    """Image i is seeded with seed + i: every such seed must fit torch's 64-bit seeds."""
+    if seed < 0 or seed + count - 1 > 2**63 - 1:
+        raise ValueError(f"{flag}: expected 0 <= seed <= 2**63 - {count} (image i uses seed + i), got {seed}")
 
 
 def image_name(prompt_index: int, seed: int) -> str:
@@ -84,12 +116,14 @@ def run(args: argparse.Namespace) -> None:
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out: exists and is not a folder: {args.out}")
+    check_seed("--seed", args.seed, len(prompts))
+    check_device_flags(args.device, args.dtype)
+    check_writable_folder("--out", args.out)
     model = args.model or default_model()
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
     pipe = load_pipeline(model, args.device, args.dtype, args.fast).with_timestep_spacing(args.timestep_spacing)
+    check_steps(pipe, args.steps, args.mode)
     group = ProcessGroup.from_environment()
     try:
         _sample_shard(pipe, prompts, group, args)

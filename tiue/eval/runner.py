@@ -59,6 +59,7 @@ class EvalSpec:
             ("--num-images", self.num_images, self.num_images > self.nearest_k, f"an integer > k = {self.nearest_k}"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
             ("--mode", self.mode, self.mode in MODES, " or ".join(MODES)),
+            ("--seed", self.seed, 0 <= self.seed <= 2**63 - self.num_images, "0 <= seed <= 2**63 - num_images (image i uses seed + i)"),
             ("--timestep-spacing", self.timestep_spacing, self.timestep_spacing in (None, *TIMESTEP_SPACINGS),
              " or ".join(TIMESTEP_SPACINGS)),
         ]

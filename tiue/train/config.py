@@ -147,6 +147,8 @@ class TrainConfig:
             _check_int(name, value, minimum=1)
         for name in ("lr_warmup_steps", "validate_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0)
+        if self.seed > 2**32 - 1:  # numpy's and accelerate's seeding take 32 bits
+            raise ValueError(f"{flag_name('seed')}: expected an integer in [0, 2**32 - 1], got {self.seed}")
         for name in ("learning_rate", "learning_rate_lora", "lora_alpha", "max_grad_norm"):
             _check_number(name, getattr(self, name), lower=0.0, lower_open=True)
         for name in ("lambda_kl", "lambda_clip", "guidance_scale", "clip_margin"):

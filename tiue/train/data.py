@@ -47,11 +47,14 @@ def load_captions(path: str | Path, field: str | None = None) -> list[str]:
     seen: dict[str, None] = {}  # an ordered set
     lines_read = 0
     for file in files:
-        for caption in _read_file(file, field):
-            lines_read += 1
-            caption = " ".join(caption.split())  # trim and fold whitespace runs
-            if caption:
-                seen.setdefault(caption)
+        try:
+            for caption in _read_file(file, field):
+                lines_read += 1
+                caption = " ".join(caption.split())  # trim and fold whitespace runs
+                if caption:
+                    seen.setdefault(caption)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--captions: {file} is not UTF-8 text (byte {error.start}: {error.reason})") from None
     if not seen:
         raise ValueError(
             f"--captions: no captions in {path} ({lines_read} entries read, all empty or missing)"

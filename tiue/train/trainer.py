@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tiue.files import check_writable_folder
 from tiue.train import checkpoint as ckpt
 from tiue.train.config import TrainConfig, flag_name
 from tiue.train.data import CaptionSampler, SamplerPosition, load_captions
@@ -58,6 +59,7 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
+        check_writable_folder(flag_name("output_dir"), self.output_dir)
         self.captions = load_captions(config.captions, config.caption_field)
         self.accelerator, self.report_to = make_accelerator(config, self.output_dir)
         acc = self.accelerator
