@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU measurement of one distillation training step: the tiue trainer vs the
-# paper-style step, SD2.1-base architecture (random weights), bf16, batch 8, 512 px, K = 4.
+# paper-style step, SD2.1-base architecture (random weights), fp16 (the official precision),
+# batch 8, 512 px, K = 4; then the attention backward before/after (test_attention_backward.py).
 #
 #   bash benchmarks/gpu_train_step.sh            # from the repository root
 #
@@ -25,7 +26,7 @@ python -m pip show pytest-benchmark >/dev/null 2>&1 || echo "(pytest-benchmark n
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TIUE_TRAIN_BENCH_SCALE="${TIUE_TRAIN_BENCH_SCALE:-sd21}"
-export TIUE_TRAIN_BENCH_PRECISION="${TIUE_TRAIN_BENCH_PRECISION:-bf16}"
+export TIUE_TRAIN_BENCH_PRECISION="${TIUE_TRAIN_BENCH_PRECISION:-fp16}"
 export TIUE_TRAIN_BENCH_BATCH="${TIUE_TRAIN_BENCH_BATCH:-8}"
 export TIUE_TRAIN_BENCH_RESOLUTION="${TIUE_TRAIN_BENCH_RESOLUTION:-512}"
 export TIUE_TRAIN_BENCH_ROUNDS="${TIUE_TRAIN_BENCH_ROUNDS:-10}"
@@ -45,5 +46,7 @@ if [[ "${status}" -ne 0 && "${TIUE_TRAIN_BENCH_GRADIENT_CHECKPOINTING:-0}" != "1
     status=0
     python -m pytest benchmarks/test_train_step.py -q -s -p no:cacheprovider || status=$?
 fi
+python -m pytest benchmarks/test_attention_backward.py -q -s -p no:cacheprovider || status=$?
+if [[ -n "${OUT:-}" ]]; then cp benchmarks/results/attention-backward-*.md "${OUT}/" 2>/dev/null || true; fi
 cat benchmarks/results/train-step-*-"${TIUE_TRAIN_BENCH_SCALE}".md 2>/dev/null || true
 exit "${status}"

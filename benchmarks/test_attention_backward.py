@@ -6,7 +6,8 @@
 probabilities and three more tensors of that size); "sdpa" is the op's torch backward now
 (SDPA's fused kernel on the K groups folded into the query axis). Shapes: the student's
 cross-attention at the highest UNet level, text keys M = 77, K = 4. Peak memory counts the
-tensors the backward allocates (tiue.testing.memory.PeakMemory), not its inputs. Results:
+tensors the backward allocates (tiue.testing.memory.PeakMemory; on CUDA the allocator's peak),
+not its inputs. Runs on CUDA when available (SDPA's memory-efficient kernels). Results:
 benchmarks/results/attention-backward-<device>.md. Nothing is asserted about speed.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import _write_atomically, device_name, git_revision  # noqa: E402
+from _report import _write_atomically, device_name, git_revision, report_stem  # noqa: E402
 
 from tiue.ops.reference import shared_kv_attention_backward_reference, shared_kv_attention_backward_sdpa  # noqa: E402
 from tiue.testing.memory import PeakMemory  # noqa: E402
@@ -36,35 +37,54 @@ SHAPES = [
 VARIANTS = {"einsum (before)": shared_kv_attention_backward_reference, "sdpa (now)": shared_kv_attention_backward_sdpa}
 
 
-def _inputs(k_groups, batch, heads, tokens, keys, head_dim):
+def _inputs(device, k_groups, batch, heads, tokens, keys, head_dim):
     generator = torch.Generator().manual_seed(0)
-    q = torch.randn(k_groups, batch, heads, tokens, head_dim, generator=generator)
-    k = torch.randn(batch, heads, keys, head_dim, generator=generator)
-    v = torch.randn(batch, heads, keys, head_dim, generator=generator)
+    q = torch.randn(k_groups, batch, heads, tokens, head_dim, generator=generator).to(device)
+    k = torch.randn(batch, heads, keys, head_dim, generator=generator).to(device)
+    v = torch.randn(batch, heads, keys, head_dim, generator=generator).to(device)
     out = torch.ops.tiue.shared_kv_attention(q, k, v)
-    return torch.randn(out.shape, generator=generator), q, k, v, out
+    return torch.randn(out.shape, generator=generator).to(device), q, k, v, out
+
+
+def _peak_bytes(fn, args, device) -> int:
+    """Bytes the call allocates beyond its inputs (CUDA: the allocator's peak)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        resident = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(*args)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - resident
+    with PeakMemory() as memory:
+        fn(*args)
+    return memory.peak_bytes
+
+
+def _seconds(fn, args, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def test_attention_backward_time_and_memory():
     import tiue.ops  # noqa: F401  (registers the op)
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for name, *shape in SHAPES:
-        args = _inputs(*shape)
+        args = _inputs(device, *shape)
         reference = shared_kv_attention_backward_reference(*args)
         for variant, fn in VARIANTS.items():
             grads = fn(*args)
             for got, expected in zip(grads, reference):
-                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-            with PeakMemory() as memory:
-                fn(*args)
-            seconds = []
-            for _ in range(5):
-                start = time.perf_counter()
-                fn(*args)
-                seconds.append(time.perf_counter() - start)
-            rows.append((name, variant, statistics.median(seconds) * 1e3, memory.peak_bytes / 2**20))
-    device = torch.device("cpu")
+                torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+            peak = _peak_bytes(fn, args, device)
+            seconds = [_seconds(fn, args, device) for _ in range(5)]
+            rows.append((name, variant, statistics.median(seconds) * 1e3, peak / 2**20))
     lines = [
         f"### shared_kv_attention backward on {device_name(device)}",
         "",
@@ -78,7 +98,7 @@ def test_attention_backward_time_and_memory():
         lines.append(f"| {name} {tuple(shape[1:])} | {variant} | {ms:.1f} | {mib:.1f} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    path = ROOT / "benchmarks" / "results" / f"attention-backward-{device_name(device).lower().replace(' ', '-')}.md"
+    path = ROOT / "benchmarks" / "results" / f"{report_stem('attention-backward', device)}.md"
     _write_atomically(path, text)
     assert path.is_file()
 

@@ -157,3 +157,25 @@ def test_an_interrupted_recipe_resumes_to_the_same_model(tmp_path, monkeypatch):
     a, b = (load_file(r.final / "model.safetensors") for r in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "features.pt", weights_only=True)["finished"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_a_recipe_checkpoint_is_refused_without_running(tmp_path):
+    from tiue.world.checkpoints import StageCheckpoint
+
+    stage = StageCheckpoint(tmp_path / "checkpoints", "teacher")
+    stage.path.parent.mkdir()
+    marker = tmp_path / "payload-ran"
+    torch.save({"step": 1, "modules": _Payload(marker)}, stage.path)
+    with pytest.raises(ValueError, match="--resume: cannot read .*teacher.pt"):
+        stage.load()
+    assert not marker.exists()
