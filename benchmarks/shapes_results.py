@@ -40,7 +40,6 @@ RECIPES = {  # recipe -> (command, output folder holding wall_time.txt)
     "configs/shapes-teacher.yaml": ("tiue world train --config configs/shapes-teacher.yaml", "runs/shapes-teacher"),
     "configs/shapes-features.yaml": ("tiue world train --config configs/shapes-features.yaml", "runs/shapes-features"),
     "configs/shapes-tiue.yaml": ("tiue train --config configs/shapes-tiue.yaml", "runs/shapes-tiue"),
-    "configs/shapes-tiue-nokl.yaml": ("tiue train --config configs/shapes-tiue-nokl.yaml", "runs/shapes-tiue-nokl"),
     "configs/shapes-vsd.yaml": ("tiue train --config configs/shapes-vsd.yaml", "runs/shapes-vsd"),
 }
 ABLATION_SEEDS = (0, 1, 2)
@@ -202,8 +201,20 @@ def wall_times() -> list[tuple[str, str, float | None]]:
     out = []
     for recipe, (command, folder) in RECIPES.items():
         marker = REPO / folder / "wall_time.txt"
-        out.append((recipe, command, float(marker.read_text()) if marker.is_file() else None))
+        seconds = float(marker.read_text()) if marker.is_file() else training_seconds(REPO / folder)
+        out.append((recipe, command, seconds))
     return out
+
+
+def training_seconds(run: Path) -> float | None:
+    """A `tiue train` run's step time, summed from its last checkpoint's per-step throughput
+    (model loading and the final export not included)."""
+    states = sorted(run.glob("checkpoints/checkpoint-*/state.json"))
+    if not states:
+        return None
+    state = json.loads(states[-1].read_text())
+    samples = state["batch_size"] * state["num_processes"] * state["config"]["gradient_accumulation_steps"]
+    return sum(samples / r["samples_per_s"] for r in state["history"])
 
 
 def main() -> None:
@@ -226,7 +237,8 @@ def main() -> None:
               f"({time.perf_counter() - start:.0f}s)", flush=True)
         metrics[key] = result
         table_rows.append((label, result))
-        grid_png(load_pipeline(spec.model, "cpu", "fp32"), spec, args.out / f"shapes-grid-{key}.png")
+        pipe = load_pipeline(spec.model, "cpu", "fp32").with_timestep_spacing(spec.timestep_spacing)
+        grid_png(pipe, spec, args.out / f"shapes-grid-{key}.png")
     ablations = {}
     for label, specs in ablation_specs(args).items():
         runs = [evaluate(spec) for spec in specs if Path(spec.model).is_dir()]
