@@ -435,7 +435,7 @@ class Bench:
             lines += ["", f"tiue step speed-up over the paper-style step: {speedup:.2f}x; "
                           f"peak memory ratio tiue/paper: {memory:.2f} "
                           f"({next(iter(self.results.values()))['memory_counts']}). "
-                          "Target (GPU, batch 8, bf16): >= 1.5x with no more memory."]
+                          "Target (GPU, batch 8, fp16): >= 1.5x with no more memory."]
         return record, "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
