@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,7 +305,7 @@ class TiUEPipeline(DiffusionPipeline):
             modes=MODES,
         )
         if mode == "loop":  # the loop-free pass checks its timesteps where its coefficients are made
-            ddim_timesteps(copy.deepcopy(self.scheduler), num_inference_steps)
+            ddim_timesteps(self.scheduler, num_inference_steps)
         device = self._execution_device
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(prompt, device, num_images_per_prompt)

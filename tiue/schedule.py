@@ -78,9 +78,11 @@ def ddim_step_coefficients(
 
 
 def ddim_timesteps(scheduler, num_inference_steps: int) -> torch.Tensor:
-    """The K timesteps `scheduler` runs (it is configured for K steps), checked to lie within
-    its training timesteps: "leading" spacing with steps_offset 1 passes the end at K = 1000."""
+    """The K timesteps `scheduler` runs for K steps (a copy is configured, not `scheduler`),
+    checked to lie within its training timesteps: "leading" spacing with steps_offset 1
+    passes the end at K = 1000."""
     num_train = scheduler.config.num_train_timesteps
+    scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(num_inference_steps)
     timesteps = scheduler.timesteps.to(torch.int64).cpu()
     if int(timesteps.max()) >= num_train:
@@ -133,7 +135,6 @@ def loopfree_coefficients(
             f"num_inference_steps: expected 1 <= K <= {num_train} (the scheduler's training steps), "
             f"got {num_inference_steps}"
         )
-    scheduler = copy.deepcopy(scheduler)
     timesteps = ddim_timesteps(scheduler, num_inference_steps)
     warn_if_encoder_far_from_noise(scheduler, int(timesteps[0]), num_inference_steps)
     alphas = scheduler.alphas_cumprod.double()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tiue.schedule import TIMESTEP_SPACINGS
+
 __all__ = ["add_arguments", "run", "spec_from_args"]
 
 
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, default=4, help="K: decoder steps (loopfree) or DDIM steps (loop) (default 4)")
     add("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampler (default loopfree)")
     add("--guidance-scale", type=float, help="classifier-free guidance for teacher sampling (needs --mode loop)")
-    add("--timestep-spacing", choices=("leading", "trailing", "linspace"),
+    add("--timestep-spacing", choices=TIMESTEP_SPACINGS,
         help="DDIM timestep spacing (default: the model scheduler's own; trailing runs 1 step at t = 999)")
     add("--num-images", type=int, default=256, help="images to generate (default 256)")
     add("--seed", type=int, default=0, help="image i uses seed + i; also picks the shapes-world prompts (default 0)")

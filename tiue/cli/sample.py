@@ -17,6 +17,7 @@ from tiue.devices import DTYPE_NAMES
 from tiue.embedded import default_model
 from tiue.eval.sharding import ProcessGroup
 from tiue.files import atomic_path, check_writable_folder
+from tiue.schedule import TIMESTEP_SPACINGS
 
 __all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
-    parser.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"),
+    parser.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS,
                         help="DDIM timestep spacing (default: the model scheduler's own, as it was trained)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
@@ -59,14 +60,12 @@ def read_prompts(prompts: list[str], prompt_file: Path | None) -> list[str]:
     return prompts
 
 
-def check_steps(pipe, steps: int, mode: str) -> None:
+def check_steps(pipe, steps: int) -> None:
     """--steps against the model's schedule, before any image is sampled."""
-    import copy
-
     from tiue.schedule import ddim_timesteps
 
     try:
-        ddim_timesteps(copy.deepcopy(pipe.scheduler), steps)
+        ddim_timesteps(pipe.scheduler, steps)
     except ValueError as error:
         raise ValueError(f"--steps: {error}") from None
 
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
     pipe = load_pipeline(model, args.device, args.dtype, args.fast).with_timestep_spacing(args.timestep_spacing)
-    check_steps(pipe, args.steps, args.mode)
+    check_steps(pipe, args.steps)
     group = ProcessGroup.from_environment()
     try:
         _sample_shard(pipe, prompts, group, args)

@@ -17,7 +17,7 @@ import torch
 
 from tiue.files import atomic_path
 
-__all__ = ["StageCheckpoint", "CHECKPOINT_SECONDS"]
+__all__ = ["StageCheckpoint", "LoopParts", "run_steps", "CHECKPOINT_SECONDS"]
 
 # Save at most this often: cheap next to a step, and bounds what a kill can cost.
 CHECKPOINT_SECONDS = 120.0
