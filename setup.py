@@ -12,8 +12,8 @@ A failed optional build prints a warning and installs the package without it (th
 on Triton or plain PyTorch). Install with `pip install --no-build-isolation -e .`: this script
 imports the installed torch, and an isolated build would fetch another one.
 
-The Triton kernels live in kernels/ and are installed as the subpackage `tiue.kernels` (never as
-a top-level `kernels`: that name belongs to another PyPI package that diffusers imports).
+The Triton kernels live in tiue/kernels/, an ordinary subpackage, so a checkout on PYTHONPATH
+imports them as well as an installed copy does.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import warnings
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = find_packages(include=["tiue", "tiue.*"]) + ["tiue.kernels"]
-PACKAGE_DIR = {"tiue.kernels": "kernels"}
+PACKAGES = find_packages(include=["tiue", "tiue.*"])
 EXTENSION = "tiue._C"
 
 
@@ -130,6 +129,5 @@ def _extension_setup() -> dict:
 
 setup(
     packages=PACKAGES,
-    package_dir=PACKAGE_DIR,
     **_extension_setup(),
 )

@@ -14,11 +14,16 @@
 #    carry=["benchmarks/wheels"], timeout_s=600).
 # 2. Installs the repository: `pip install --no-build-isolation --no-deps -e .` without the CUDA
 #    extension (the fast path runs tiue's Triton kernels; TIUE_E2E_BUILD_CUDA=1 builds it too),
-#    within TIUE_E2E_INSTALL_TIMEOUT (default 60 s), and falls back to PYTHONPATH=. otherwise.
+#    within TIUE_E2E_INSTALL_TIMEOUT (default 60 s), and falls back to PYTHONPATH=. otherwise
+#    (a plain checkout has the Triton kernels too). It stops unless tiue's ops run on the triton
+#    backend on CUDA tensors (benchmarks/require_backend.py): never a silent plain-PyTorch table.
 # 3. Runs benchmarks/test_end_to_end.py under a total limit (TIUE_E2E_TIMEOUT, default 390 s) and
-#    a per-row limit (TIUE_E2E_ROW_TIMEOUT, default 150 s; compile and capture included). The
-#    50-step CFG row runs at batch 1 only, with 2 rounds. Results are rewritten after every
-#    row, so a run cut short still reports the rows it finished.
+#    a per-row limit on the measurement (TIUE_E2E_ROW_TIMEOUT, default 150 s); compiles and
+#    graph captures run before each row's timer starts. The 50-step CFG row runs at batch 1
+#    only, with 2 rounds. Results are rewritten after every row, so a run cut short still
+#    reports the rows it finished. Inductor's cache goes to TORCHINDUCTOR_CACHE_DIR (default
+#    .inductor-cache/ in the tree, ignored by git): carry that folder to a later run and its
+#    cold compiles become warm ones.
 # 4. Prints the Markdown table. Files go to benchmarks/results/ and, when $OUT is set, to $OUT
 #    too (with the pytest log).
 #
@@ -97,6 +102,11 @@ else
 fi
 "$PYTHON" -c "import tiue, diffusers; print('tiue from', tiue.__file__, '| diffusers', diffusers.__version__)" \
   || die "import tiue failed"
+if [[ "$DRY_RUN" != 1 ]]; then
+  TRITON_INTERPRET=0 "$PYTHON" benchmarks/require_backend.py triton \
+    || die "tiue's ops would not run on the triton backend (above): the table would measure plain PyTorch"
+fi
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}
 
 step "3/4 benchmark (limit ${TOTAL_TIMEOUT} s, ${ROW_TIMEOUT} s a row)"
 RESULTS_ARGS=()

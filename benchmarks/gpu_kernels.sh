@@ -87,11 +87,8 @@ if ! "$PYTHON" -m pip install -v --no-build-isolation --no-deps -e . >"$LOG_DIR/
 fi
 grep -E "^ *tiue: |UserWarning: tiue" "$LOG_DIR/build.log" || true
 echo "build took $(( $(date +%s) - start )) s"
-"$PYTHON" - <<'PY' || die "import tiue.ops failed (a dependency of tiue missing? carry its wheel)"
-import json
-import tiue.ops
-print(json.dumps(tiue.ops.backend_info(), indent=1))
-PY
+# Both GPU backends must be live: otherwise the checks and the tables would measure plain PyTorch.
+"$PYTHON" benchmarks/require_backend.py triton cuda || die "the triton and cuda backends must both be live (above)"
 
 # -- 3. correctness on the GPU ----------------------------------------------------------------
 step "3/4 kernel checks on the GPU"
@@ -100,10 +97,11 @@ if [[ "${TIUE_SKIP_CHECKS:-0}" == 1 ]]; then
 elif ! has_module pytest; then
   echo "skipped: pytest is not installed"
 else
-  # The tests run the triton and cuda backends on CUDA tensors when a GPU is present.
-  if ! TRITON_INTERPRET=0 timeout "$CHECK_TIMEOUT" "$PYTHON" -m pytest -q -x -p no:cacheprovider \
+  # The tests run the triton and cuda backends on CUDA tensors when a GPU is present. No -x:
+  # one failure must not hide the rest.
+  if ! TRITON_INTERPRET=0 timeout "$CHECK_TIMEOUT" "$PYTHON" -m pytest -q -p no:cacheprovider \
       tests/ops/test_ddim_combine.py tests/ops/test_gaussian_kl.py tests/ops/test_shared_kv_attention.py \
-      -k "triton or cuda" 2>&1 | tail -n 15; then
+      tests/ops/test_gpu_readiness.py -k "triton or cuda or readiness" 2>&1 | tail -n 25; then
     echo "WARNING: kernel checks failed or timed out; benchmarking anyway" >&2
     STATUS=1
   fi

@@ -23,8 +23,13 @@ if ! python -c "import diffusers" 2>/dev/null; then
 fi
 python -m pip show pytest-benchmark >/dev/null 2>&1 || echo "(pytest-benchmark not installed: plain timing)"
 
+# The checkout itself, Triton kernels included, is the package under test (no install needed).
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
+python benchmarks/require_backend.py triton || {
+    echo "gpu_train_step.sh: tiue's ops would not run on the triton backend (above); refusing to measure" >&2
+    exit 1
+}
 export TIUE_TRAIN_BENCH_SCALE="${TIUE_TRAIN_BENCH_SCALE:-sd21}"
 export TIUE_TRAIN_BENCH_PRECISION="${TIUE_TRAIN_BENCH_PRECISION:-fp16}"
 export TIUE_TRAIN_BENCH_BATCH="${TIUE_TRAIN_BENCH_BATCH:-8}"

@@ -1,7 +1,5 @@
 import os
 
-# Triton kernels run on CPU tensors through the interpreter; it must be set before import.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # After a torch.compile in the process, spinning OpenMP pools of inductor and eager ATen fight
@@ -11,6 +9,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tiue.testing.environment import use_triton_interpreter_without_gpu  # noqa: E402
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter; the flag must be set
+# before the first kernel module is imported (importing torch does not import triton).
+use_triton_interpreter_without_gpu(os.environ, torch.cuda.is_available())
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

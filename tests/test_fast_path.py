@@ -99,6 +99,57 @@ def test_cuda_graphs_need_cuda(tiny_pipeline_dir):
         CapturedCall(lambda x: x * 2, (torch.ones(2),)).capture(pool=None)
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_inductor_graphs_never_nest_in_ours(tiny_pipeline_dir, mode):
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(ValueError, match=rf"compile_mode: '{mode}' makes inductor capture its own CUDA graphs"):
+        pipe.enable_fast_path(compile=False, cuda_graphs=True, compile_mode=mode)
+
+
+def test_moved_weights_drop_every_graph():
+    """Graphs bake in parameter addresses: a new fingerprint drops them all, and the next run of
+    a key captures afresh (here without CUDA: the same bookkeeping, eager replays)."""
+    made = []
+
+    def fn(x):
+        made.append(1)
+        return x + 1
+
+    cache = GraphCache(use_cuda_graphs=False)
+    assert cache.check_fingerprint((1, 2)) is False  # nothing captured yet
+    x = torch.zeros(2)
+    cache.run(GraphKey.of((x,)), fn, (x,))
+    assert cache.check_fingerprint((1, 2)) is False and len(cache) == 1
+    assert cache.check_fingerprint((1, 3)) is True
+    assert len(cache) == 0 and cache.stale_drops == 1
+    cache.run(GraphKey.of((x,)), fn, (x,))
+    assert len(cache) == 1
+
+
+def test_weights_fingerprint_sees_moves_and_layout_changes(tiny_pipeline_dir):
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.enable_fast_path(compile=False, cuda_graphs=False, channels_last=True)
+    fast = pipe._fast_path
+    before = fast.weights_fingerprint()
+    assert fast.weights_fingerprint() == before
+    pipe.unet.to(memory_format=torch.contiguous_format)  # new storage for every conv weight
+    after_layout = fast.weights_fingerprint()
+    assert after_layout != before
+    pipe.vae.to(torch.float64)
+    assert fast.weights_fingerprint() != after_layout
+
+
+def test_step_constants_are_made_once(tiny_pipeline_dir):
+    """Timesteps and their embeddings go to the device once per (timesteps, dtype, device)."""
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.enable_fast_path(compile=False, cuda_graphs=False)
+    fast = pipe._fast_path
+    steps, emb = fast.step_constants((751, 501, 251, 1), torch.float32, torch.device("cpu"))
+    again = fast.step_constants((751, 501, 251, 1), torch.float32, torch.device("cpu"))
+    assert again[0] is steps and again[1] is emb
+    assert steps.tolist() == [751, 501, 251, 1] and emb.shape[0] == 4
+
+
 def test_graph_cache_keys_buffers_and_copy_out():
     calls = []
 

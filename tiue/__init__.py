@@ -1,21 +1,37 @@
-"""tiue: loop-free one-pass text-to-image sampling with the Time-independent Unified Encoder."""
+"""tiue: loop-free one-pass text-to-image sampling with the Time-independent Unified Encoder.
 
-from tiue.attention import TiUECrossAttnProcessor
-from tiue.interpolation import interpolate_prompts
-from tiue.pipeline import TiUEPipeline, TiUEPipelineOutput
-from tiue.sampling import sample
-from tiue.schedule import loopfree_coefficients
-from tiue.unet import EncoderFeatures, TiUEUNet
+The public names load on first use (PEP 562), so `import tiue` and `tiue --help` stay cheap and
+importing a submodule (say, tiue.devices) does not pull in torch's compiler stack or diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EncoderFeatures",
-    "TiUECrossAttnProcessor",
-    "TiUEPipeline",
-    "TiUEPipelineOutput",
-    "TiUEUNet",
-    "interpolate_prompts",
-    "loopfree_coefficients",
-    "sample",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "EncoderFeatures": "tiue.unet",
+    "TiUECrossAttnProcessor": "tiue.attention",
+    "TiUEPipeline": "tiue.pipeline",
+    "TiUEPipelineOutput": "tiue.pipeline",
+    "TiUEUNet": "tiue.unet",
+    "interpolate_prompts": "tiue.interpolation",
+    "loopfree_coefficients": "tiue.schedule",
+    "sample": "tiue.sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tiue' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

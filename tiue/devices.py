@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["DTYPE_NAMES", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPE_NAMES", "process_device", "resolve_device", "resolve_dtype"]
 
 DTYPE_NAMES = {
     "fp16": torch.float16,
@@ -17,9 +19,14 @@ DTYPE_NAMES = {
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device` as a torch.device; None means CUDA when available, else CPU."""
+    """`device` as a torch.device; None means CUDA when available, else CPU.
+
+    Under torchrun or accelerate launch (LOCAL_RANK set), a CUDA device without an index is this
+    process's own GPU, cuda:{LOCAL_RANK}, and becomes the current device before anything loads:
+    otherwise every rank would share cuda:0.
+    """
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -28,7 +35,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device: {device} requested but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device: expected cpu or cuda (optionally cuda:N), got {str(device)!r}")
+    if device.type == "cuda":
+        device = process_device(device, os.environ.get("LOCAL_RANK"), torch.cuda.device_count())
+        torch.cuda.set_device(device)
     return device
+
+
+def process_device(device: torch.device, local_rank: str | None, cuda_count: int) -> torch.device:
+    """The CUDA device this process uses: `device` itself when it names an index or no launcher
+    set LOCAL_RANK, else cuda:{LOCAL_RANK}."""
+    if device.type != "cuda" or device.index is not None or local_rank is None:
+        return device
+    try:
+        rank = int(local_rank)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK: expected a non-negative integer, got {local_rank!r}") from None
+    if not 0 <= rank < cuda_count:
+        raise ValueError(
+            f"LOCAL_RANK: process {rank} needs its own GPU, but this machine has {cuda_count}; "
+            f"launch at most {cuda_count} processes per machine, or pass --device cuda:N"
+        )
+    return torch.device("cuda", rank)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

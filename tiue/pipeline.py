@@ -192,7 +192,8 @@ class TiUEPipeline(DiffusionPipeline):
             cuda_graphs: capture CUDA graphs; None means yes on CUDA, no elsewhere.
             fuse_qkv: fuse attention projections (q/k/v, and k/v for cross-attention).
             channels_last: channels_last memory format for the UNet and the VAE.
-            compile_mode: passed to torch.compile (default: inductor's default mode).
+            compile_mode: passed to torch.compile (default: inductor's default mode). With CUDA graphs
+                on, "reduce-overhead" and "max-autotune" are refused: inductor's own graphs would nest.
 
         Returns the stats object (compile_seconds, capture_seconds, ...), also at
         `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.

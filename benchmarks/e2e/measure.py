@@ -67,17 +67,19 @@ def count_flops(fn: Callable[[], object]) -> int:
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
     """Peak bytes of one call of `fn` and what they include.
 
-    CUDA: the caching allocator's peak during the call, weights and captured graph pools
-    included. CPU: the peak of tensors the call itself allocates (weights excluded), counted at
-    the ATen level; code compiled by inductor allocates outside ATen, so call this on eager
-    code only.
+    CUDA: the peak of what the caching allocator reserves during the call, after unused cached
+    blocks are released: weights and the private pools of captured CUDA graphs included. (The
+    allocated peak would leave a graph's pool out: a replay allocates nothing.) CPU: the peak of
+    tensors the call itself allocates (weights excluded), counted at the ATen level; code
+    compiled by inductor allocates outside ATen, so call this on eager code only.
     """
     if device.type == "cuda":
         synchronize(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return torch.cuda.max_memory_allocated(device), "allocated, weights included"
+        return torch.cuda.max_memory_reserved(device), "reserved, weights and CUDA-graph pools included"
     from tiue.testing.memory import PeakMemory
 
     with torch.no_grad(), PeakMemory() as memory:

@@ -66,12 +66,15 @@ class EndToEndSuite:
         """Measure one row at one batch size, record it (whatever happens) and rewrite the files.
 
         Raises RowSkipped when the row cannot run here; other errors propagate after recording.
+        The row timer covers the measurement only: a cold compile or a graph capture can take
+        minutes, and an alarm must never land inside dynamo or a capture.
         """
         row = ROWS[key]
         result = RowResult(row=key, label=row.label, batch=batch)
         try:
+            prepared = self._prepare(result, batch)
             with deadline(self.config.row_timeout):
-                self._measure(result, batch, benchmark)
+                self._measure(result, prepared, batch, benchmark)
         except FastPathUnavailable as error:
             result.status, result.reason = "skipped", str(error)
             raise RowSkipped(str(error)) from None
@@ -88,15 +91,18 @@ class EndToEndSuite:
             self.write()
         return result
 
-    def _measure(self, result: RowResult, batch: int, benchmark) -> None:
-        config, device = self.config, self.config.device
-        teacher = ROWS[result.row].teacher
+    def _prepare(self, result: RowResult, batch: int) -> PreparedRow:
+        """Build the row's models and calls (compile and capture included), untimed."""
         prepared = self.rows.prepare(result.row, batch)
         self.prepared[(result.row, batch)] = prepared
         result.setup_s = prepared.setup_seconds
         result.compile_s, result.capture_s = prepared.compile_seconds, prepared.capture_seconds
         result.notes.extend(prepared.notes)
+        return prepared
 
+    def _measure(self, result: RowResult, prepared: PreparedRow, batch: int, benchmark) -> None:
+        config, device = self.config, self.config.device
+        teacher = ROWS[result.row].teacher
         result.flops = prepared.flops()
         if prepared.memory_call is not None:
             result.peak_bytes, result.peak_kind = peak_memory_bytes(prepared.memory_call, device)

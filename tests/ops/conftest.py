@@ -1,13 +1,8 @@
 """Fixtures for the kernel tests: one backend at a time, forced with TIUE_KERNELS."""
 
-import os
+import pytest
 
-# Triton runs on CPU tensors through its interpreter; this must precede the first kernel import.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from .support import BACKENDS, force_backend  # noqa: E402
+from .support import BACKENDS, force_backend
 
 
 @pytest.fixture(params=BACKENDS)

@@ -24,12 +24,14 @@ def _call_every_op():
 
 def test_backend_info_lists_every_op_and_backend():
     info = tiue.ops.backend_info()
-    assert set(info) == {"forced", "backends", "ops"}
+    assert set(info) == {"forced", "backends", "ops", "implemented"}
     assert set(info["backends"]) == set(dispatch.BACKENDS)
     assert info["backends"]["torch"] == "available"
     assert set(info["ops"]) == set(OPS)
     for devices in info["ops"].values():
         assert set(devices) == {"cpu", "cuda"}
+    assert info["implemented"]["ddim_combine"] == ["torch", "cpp", "cuda", "triton"]
+    assert all(backends[0] == "torch" for backends in info["implemented"].values())
     json.dumps(info)  # plain data, printable as JSON
 
 

@@ -90,13 +90,13 @@ _TRITON_AOT_SCRIPT = textwrap.dedent(
         assert "cubin" in triton.compile(source, target=TARGET).asm
 
     # One variant per code path (dtypes, strided or flat, fp32 or fp64 accumulation).
-    for src, dst, acc, steps, contiguous in [
-        ("fp16", "fp32", tl.float32, 4, True), ("bf16", "bf16", tl.float64, 1, False),
+    for src, dst, acc, steps, layout in [
+        ("fp16", "fp32", tl.float32, 4, 0), ("bf16", "bf16", tl.float64, 1, 2), ("fp32", "fp32", tl.float32, 4, 1),
     ]:
         build(ddim_combine_kernel,
               dict(out_ptr="*" + dst, noise_ptr="*" + src, eps_ptr="*" + src,
                    coeffs=("fp32",) * (steps + 1), scale="fp32", numel="i64"),
-              dict(K=steps, CONTIGUOUS=contiguous, ACC_DTYPE=acc, BLOCK=1024))
+              dict(K=steps, LAYOUT=layout, ACC_DTYPE=acc, BLOCK=1024))
 
     for src, acc, acc_name in [("bf16", tl.float32, "fp32"), ("fp64", tl.float64, "fp64")]:
         stats = {name: "*" + acc_name for name in ("partial_ptr", "kl_ptr", "mean_ptr", "var_ptr")}
@@ -128,6 +128,62 @@ def test_triton_kernels_compile_for_a_gpu_target():
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "compiled" in result.stdout
+
+
+_TRITON_ATTENTION_RESOURCES_SCRIPT = textwrap.dedent(
+    """
+    import os, re, subprocess, sys, tempfile
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from tiue.kernels.shared_kv_attention import launch_config, shared_kv_attention_kernel
+    from tiue.ops.triton_backend import SM90_SHARED_MEMORY_BYTES, attention_rejection
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    for head_dim in (64, 160):  # SD2.x and SD1.x
+        reason = attention_rejection(torch.float16, "cuda", keys=77, head_dim=head_dim, groups=64,
+                                     shared_memory_limit=SM90_SHARED_MEMORY_BYTES)
+        assert reason is None, reason
+        config = launch_config(77, head_dim)
+        constexprs = dict(BLOCK_N=config.block_n, BLOCK_M=config.block_m, BLOCK_D=config.block_d,
+                          IEEE_FP32=False, UPCAST=False)
+        fn = shared_kv_attention_kernel
+        pointers = {name: "*fp16" for name in ("out_ptr", "q_ptr", "k_ptr", "v_ptr")}
+        signature = {name: "constexpr" if name in constexprs else dict(pointers, qk_scale="fp32").get(name, "i32")
+                     for name in fn.arg_names}
+        keys = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=keys),
+                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=config.num_warps))
+        shared = compiled.metadata.shared
+        assert shared == config.shared_memory_bytes(2), (head_dim, shared, config.shared_memory_bytes(2))
+        assert shared <= SM90_SHARED_MEMORY_BYTES, (head_dim, shared)
+        if os.path.exists(cuobjdump):
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+                cubin.write(compiled.asm["cubin"])
+                cubin.flush()
+                usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name],
+                                       capture_output=True, text=True, check=True).stdout
+            stack = int(re.search(r"STACK:(\\d+)", usage).group(1))
+            assert stack == 0, f"D={head_dim}: spills ({usage.strip()})"
+            print(f"D={head_dim}: {usage.strip().splitlines()[-1].strip()}")
+    print("checked")
+    """
+)
+
+
+def test_attention_launches_fit_sm90_and_do_not_spill():
+    """The half-precision attention launches the reject rule lets through, compiled for sm_90 by
+    Triton's real compiler: the shared memory the rule estimates is what the compiler allocates,
+    it fits an H100/H200, and (where cuobjdump ships with Triton) nothing spills."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    result = subprocess.run(
+        [sys.executable, "-c", _TRITON_ATTENTION_RESOURCES_SCRIPT], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "checked" in result.stdout
 
 
 def test_built_extension_loads():

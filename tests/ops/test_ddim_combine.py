@@ -80,6 +80,27 @@ def test_float64_accumulates_in_float64(backend):
     eps = randn(2, 1, 2, 3, 5, dtype=torch.float64, device=device, seed=1)
     out = tiue.ops.ddim_combine(noise, eps, [1e-3, 1.0 + 1e-12, -1.0], scale=3.0)
     assert_close(out, _reference(noise, eps, [1e-3, 1.0 + 1e-12, -1.0], 3.0), torch.float64, "forward")
+    if backend == "triton":  # compiled Triton would round the coefficients to fp32
+        assert tiue.ops.last_backend("ddim_combine") == "torch"
+
+
+def test_dense_channels_last(backend):
+    """The fast path's latents: noise and every eps[k] channels-last with the same strides."""
+    device = device_for(backend)
+    k, batch, channels, height, width = 3, 2, 4, 5, 6
+    noise = randn(batch, height, width, channels, device=device).permute(0, 3, 1, 2)
+    eps = randn(k, batch, height, width, channels, device=device, seed=1).permute(0, 1, 4, 2, 3)
+    assert noise.is_contiguous(memory_format=torch.channels_last) and not noise.is_contiguous()
+    if backend == "triton":
+        from tiue.kernels import ddim_combine as kernel
+
+        assert kernel.memory_layout(noise, eps) == kernel.CHANNELS_LAST
+        assert kernel.memory_layout(noise.contiguous(), eps.contiguous()) == kernel.CONTIGUOUS
+        assert kernel.memory_layout(noise, eps.contiguous()) == kernel.STRIDED
+    out = tiue.ops.ddim_combine(noise, eps, _coeffs(k), scale=0.5)
+    assert tiue.ops.last_backend("ddim_combine") == backend
+    assert out.is_contiguous()
+    assert_close(out, _reference(noise, eps, _coeffs(k), 0.5), torch.float32, "forward")
 
 
 @pytest.mark.parametrize("noise_shape", [(4, 6, 5), (2, 2, 3, 4, 5)], ids=["3d", "5d"])

@@ -96,16 +96,6 @@ def test_triton_hands_long_key_sequences_to_torch(monkeypatch):
     assert_close(out, _reference(q, k, v), torch.float32, "forward")
 
 
-def test_triton_limits_mirror_the_kernel_module():
-    pytest.importorskip("triton")
-    from tiue.kernels import shared_kv_attention as kernel
-    from tiue.ops import triton_backend
-
-    assert triton_backend.ATTENTION_MAX_KEYS == kernel.MAX_KEYS
-    assert triton_backend.ATTENTION_MAX_HEAD_DIM == kernel.MAX_HEAD_DIM
-    assert triton_backend.MAX_GRID_ROWS == kernel.MAX_GROUP_PROGRAMS
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_backward_matches_float64_reference(backend, dtype):
     device = device_for(backend)

@@ -3,7 +3,10 @@
 Each graph owns static input buffers that callers' tensors are copied into, and a static
 output that is copied out on every replay, so a later call never overwrites a tensor a
 caller holds. All graphs share one memory pool. Graphs read parameters in place, so
-weights copied into the same parameters are used by the next replay without recapture.
+weights copied into the same parameters are used by the next replay without recapture; weights
+that move to new storage (`.to(...)`, offload, a LoRA fuse that swaps a weight tensor, another
+memory format) leave the graphs pointing at freed memory, so the cache is given a fingerprint of
+the weights' storage before each run and drops every graph when it changes.
 """
 
 from __future__ import annotations
@@ -84,6 +87,18 @@ class GraphCache:
         self._calls: dict[GraphKey, CapturedCall] = {}
         self._pool = None
         self.capture_seconds = 0.0
+        self._fingerprint: tuple | None = None
+        self.stale_drops = 0  # times the weights moved and every graph was dropped
+
+    def check_fingerprint(self, fingerprint: tuple) -> bool:
+        """Drop every graph if the weights' storage changed since the graphs were captured;
+        True when it did. The next run of each key then captures afresh."""
+        stale = self._fingerprint is not None and fingerprint != self._fingerprint and len(self._calls) > 0
+        if stale:
+            self.clear()
+            self.stale_drops += 1
+        self._fingerprint = fingerprint
+        return stale
 
     def __len__(self) -> int:
         return len(self._calls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -11,7 +12,22 @@ from tiue.fast.fusion import fuse_projections, unfuse_projections
 from tiue.fast.graphs import GraphCache, GraphKey
 from tiue.fast.one_pass import OnePass
 
-__all__ = ["FastPath", "FastPathStats"]
+__all__ = ["FastPath", "FastPathStats", "check_compile_mode"]
+
+_log = logging.getLogger("tiue.fast")
+
+# torch.compile modes that make inductor capture CUDA graphs of its own: inside our capture they
+# would nest, which CUDA does not allow.
+INDUCTOR_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile_mode(compile_mode: str | None, cuda_graphs: bool) -> None:
+    if cuda_graphs and compile_mode in INDUCTOR_GRAPH_MODES:
+        raise ValueError(
+            f"compile_mode: {compile_mode!r} makes inductor capture its own CUDA graphs, which cannot "
+            "nest inside the fast path's capture; use compile_mode=None or 'max-autotune-no-cudagraphs', "
+            f"or cuda_graphs=False to let inductor capture"
+        )
 
 
 @dataclass
@@ -22,6 +38,7 @@ class FastPathStats:
     capture_seconds: float = 0.0
     compiled_signatures: int = 0
     captured_graphs: int = 0
+    stale_drops: int = 0  # times the weights moved after capture and the graphs were recaptured
 
 
 class FastPath:
@@ -33,7 +50,8 @@ class FastPath:
         cuda_graphs: capture one CUDA graph per input signature; None means "on CUDA, yes".
         fuse_qkv: fuse attention q/k/v projections (k/v for cross-attention).
         channels_last: channels_last memory format for the UNet and the VAE.
-        compile_mode: torch.compile mode (None: inductor's default; CUDA graphs are ours).
+        compile_mode: torch.compile mode (None: inductor's default). With CUDA graphs on, the modes
+            that capture graphs of their own ("reduce-overhead", "max-autotune") are refused.
     """
 
     def __init__(self, pipe, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None):
@@ -42,6 +60,7 @@ class FastPath:
         device = pipe.unet.device
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
+        check_compile_mode(compile_mode, cuda_graphs)
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs: True needs the pipeline on a CUDA device, it is on {device}")
         self.pipe = pipe
@@ -63,37 +82,57 @@ class FastPath:
         self._compiled = compile
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
-        self._timestep_embeddings: dict[tuple, torch.Tensor] = {}
+        # (timesteps, dtype, device) -> (the timesteps on the device, the K decoders' embeddings)
+        self._step_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- per-K constants -----------------------------------------------------------------
 
-    def timestep_embeddings(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The K decoders' timestep embeddings, computed once per (timesteps, dtype)."""
-        key = (tuple(timesteps.tolist()), dtype)
-        if key not in self._timestep_embeddings:
+    def step_constants(
+        self, timesteps: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timesteps as a device tensor and the K decoders' timestep embeddings, made once per
+        (timesteps, dtype, device): later calls copy nothing to the device and read nothing back."""
+        key = (timesteps, dtype, str(device))
+        if key not in self._step_constants:
+            steps = torch.tensor(timesteps, device=device)
             with torch.no_grad():
-                emb = self.pipe.tiue_unet.time_embedding(timesteps.to(self.pipe.unet.device), dtype)
-            self._timestep_embeddings[key] = emb
-        return self._timestep_embeddings[key]
+                emb = self.pipe.tiue_unet.time_embedding(steps, dtype)
+            self._step_constants[key] = (steps, emb)
+        return self._step_constants[key]
 
     @torch.no_grad()
     def refresh_timestep_embeddings(self) -> None:
         """Recompute cached embeddings in place after new weights (graphs hold their storage)."""
-        for (timesteps, dtype), emb in self._timestep_embeddings.items():
-            ts = torch.tensor(timesteps, device=emb.device)
-            emb.copy_(self.pipe.tiue_unet.time_embedding(ts, dtype))
+        for (_, dtype, _), (steps, emb) in self._step_constants.items():
+            emb.copy_(self.pipe.tiue_unet.time_embedding(steps, dtype))
+
+    def weights_fingerprint(self) -> tuple:
+        """Where every UNet and VAE parameter and buffer lives, and how it is laid out: what a
+        captured graph has baked in. About a microsecond per tensor, once per call."""
+        return tuple(
+            (t.data_ptr(), t.stride())
+            for model in (self.pipe.unet, self.pipe.vae)
+            for t in (*model.parameters(), *model.buffers())
+        )
 
     # -- running -------------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(self, latents, text, timesteps, coeffs, decode: bool) -> torch.Tensor:
-        device = self.pipe.unet.device
-        timesteps = timesteps.to(device)
-        temb = self.timestep_embeddings(timesteps, latents.dtype)
+        if self.graphs.use_cuda_graphs and self.graphs.check_fingerprint(self.weights_fingerprint()):
+            self.stats.stale_drops += 1
+            self._step_constants.clear()
+            self._seen.clear()
+            _log.warning(
+                "fast path: the UNet or VAE weights moved since the CUDA graphs were captured "
+                "(.to(), offload, a LoRA fuse or a memory-format change); recapturing"
+            )
+        step_key = _as_key(timesteps)
+        timesteps, temb = self.step_constants(step_key, latents.dtype, self.pipe.unet.device)
         coeffs = tuple(float(c) for c in coeffs)
         if self.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
-        key = GraphKey.of((latents, text), extra=(tuple(timesteps.tolist()), coeffs, decode))
+        key = GraphKey.of((latents, text), extra=(step_key, coeffs, decode))
 
         def one_pass(latents, text):
             return self._run(latents, text, timesteps, temb, coeffs, decode)
@@ -127,4 +166,11 @@ class FastPath:
             self.pipe.unet.to(memory_format=torch.contiguous_format)
             self.pipe.vae.to(memory_format=torch.contiguous_format)
         self.graphs.clear()
-        self._timestep_embeddings.clear()
+        self._step_constants.clear()
+
+
+def _as_key(timesteps) -> tuple[int, ...]:
+    """Timesteps as Python ints: the pipeline passes a CPU tensor, so this reads no device."""
+    if isinstance(timesteps, torch.Tensor):
+        return tuple(int(t) for t in timesteps.tolist())
+    return tuple(int(t) for t in timesteps)

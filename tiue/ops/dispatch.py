@@ -36,6 +36,7 @@ __all__ = [
 
 ENV_VAR = "TIUE_KERNELS"
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+TRITON_FLOOR = (3, 2)  # tuple kernel arguments (ddim_combine's coefficients)
 
 # Preference per device type when nothing is forced. Triton comes first on CUDA by default:
 # the CUDA extension stays selectable with TIUE_KERNELS=cuda until it measures faster.
@@ -91,12 +92,29 @@ def _unavailable_reason(backend: str, interpreted: bool) -> str | None:
     if backend == "triton":
         if not _importable("triton"):
             return "triton is not installed"
+        version = _version("triton")
+        if version is not None and version < TRITON_FLOOR:
+            return (
+                f"triton {'.'.join(map(str, version))} is older than {'.'.join(map(str, TRITON_FLOOR))}, the "
+                "oldest that compiles the kernels (tuple arguments); torch >= 2.6 brings a new enough one"
+            )
         if not _importable("tiue.kernels"):
-            return "tiue.kernels is not installed (reinstall tiue: setup.py maps kernels/ to it)"
+            return "tiue.kernels is missing from this copy of tiue"
         if not (torch.cuda.is_available() or interpreted):
             return "triton needs a CUDA device, or TRITON_INTERPRET=1 to run on CPU tensors"
         return None
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _version(distribution: str) -> tuple[int, ...] | None:
+    """(major, minor) of an installed distribution, None when unknown (say, a source build)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version(distribution).split(".")[:2]
+        return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in parts)
+    except (PackageNotFoundError, ValueError):
+        return None
 
 
 def _importable(module: str) -> bool:
@@ -207,7 +225,8 @@ def backend_info() -> dict[str, Any]:
 
     {"forced": TIUE_KERNELS or None,
      "backends": {"torch": "available", "cpp": "available (...)" | "unavailable: why", ...},
-     "ops": {"ddim_combine": {"cpu": "cpp", "cuda": "triton"}, ...}}
+     "ops": {"ddim_combine": {"cpu": "cpp", "cuda": "triton"}, ...},
+     "implemented": {"ddim_combine": ["torch", "cpp", "cuda", "triton"], ...}}
     A backend listed for an op may still hand a call it cannot take (say, float64 or more than
     128 keys) to plain PyTorch; `last_backend(op)` tells what the latest call used.
     """
@@ -227,4 +246,5 @@ def backend_info() -> dict[str, Any]:
             name: {device: d.describe(device) for device in ("cpu", "cuda")}
             for name, d in _dispatchers.items()
         },
+        "implemented": {name: list(d.backends) for name, d in _dispatchers.items()},
     }

@@ -11,9 +11,16 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["ddim_combine"]
+__all__ = ["MAX_STEPS", "ddim_combine", "memory_layout"]
 
 BLOCK = 1024
+MAX_STEPS = 64  # each K compiles its own kernel (the coefficients are a K+1 tuple argument)
+INT32_LIMIT = 2**31 - 1
+
+# How the kernel walks the inputs (a constexpr: each compiles its own kernel).
+CONTIGUOUS = 0  # noise and every eps[k] contiguous: flat offsets, no index math
+CHANNELS_LAST = 1  # noise and every eps[k] dense channels-last (the fast path's latents)
+STRIDED = 2  # anything else: full (b, c, h, w) index math in int64
 
 
 @triton.jit
@@ -37,15 +44,27 @@ def ddim_combine_kernel(
     eps_sh,
     eps_sw,
     K: tl.constexpr,
-    CONTIGUOUS: tl.constexpr,  # noise and every eps[k] are contiguous: flat offsets
+    LAYOUT: tl.constexpr,  # CONTIGUOUS, CHANNELS_LAST or STRIDED
     ACC_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    if CONTIGUOUS:
+    out_offs = offs
+    if LAYOUT == 0:
         noise_offs = offs
         eps_offs = offs
+    elif LAYOUT == 1:
+        # Walk the inputs in their own memory order (flat, coalesced reads) and scatter into the
+        # contiguous output: two div/mods in int32 (the launcher checks the sizes fit).
+        flat = offs.to(tl.int32)
+        c = flat % C
+        pixel = flat // C  # b * H * W + h * W + w
+        hw = pixel % (H * W)
+        b = pixel // (H * W)
+        noise_offs = flat
+        eps_offs = flat
+        out_offs = (b * C + c) * (H * W) + hw
     else:
         w = offs % W
         rest = offs // W
@@ -59,7 +78,22 @@ def ddim_combine_kernel(
     for k in tl.static_range(K):
         e = tl.load(eps_ptr + k * eps_sk + eps_offs, mask=mask, other=0).to(ACC_DTYPE)
         acc += e * coeffs[k + 1]
-    tl.store(out_ptr + offs, (acc * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_offs, (acc * scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def memory_layout(noise: torch.Tensor, eps: torch.Tensor) -> int:
+    """CONTIGUOUS, CHANNELS_LAST or STRIDED for 4-D noise and 5-D eps."""
+    steps = [eps[k] for k in range(eps.shape[0])]
+    if noise.is_contiguous() and all(e.is_contiguous() for e in steps):
+        return CONTIGUOUS
+    channels_last = torch.channels_last
+    if (
+        noise.numel() <= INT32_LIMIT
+        and noise.is_contiguous(memory_format=channels_last)
+        and all(e.is_contiguous(memory_format=channels_last) and e.stride() == noise.stride() for e in steps)
+    ):
+        return CHANNELS_LAST
+    return STRIDED
 
 
 def ddim_combine(
@@ -75,7 +109,6 @@ def ddim_combine(
     numel = out.numel()
     if numel == 0:
         return out
-    contiguous = noise.is_contiguous() and (num_steps == 0 or eps[0].is_contiguous())
     acc_dtype = tl.float64 if torch.float64 in (noise.dtype, eps.dtype) else tl.float32
     _, channels, height, width = noise.shape
     ddim_combine_kernel[(triton.cdiv(numel, BLOCK),)](
@@ -91,7 +124,7 @@ def ddim_combine(
         *noise.stride(),
         *eps.stride(),
         K=num_steps,
-        CONTIGUOUS=contiguous,
+        LAYOUT=memory_layout(noise, eps),
         ACC_DTYPE=acc_dtype,
         BLOCK=BLOCK,
         num_warps=4,

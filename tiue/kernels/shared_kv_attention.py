@@ -9,16 +9,51 @@ to back so they find those rows in L2.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_HEAD_DIM", "MAX_KEYS", "MAX_GROUP_PROGRAMS", "shared_kv_attention"]
+__all__ = [
+    "MAX_GROUP_PROGRAMS",
+    "MAX_HEAD_DIM",
+    "MAX_KEYS",
+    "LaunchConfig",
+    "launch_config",
+    "shared_kv_attention",
+]
 
 MAX_KEYS = 128
 MAX_HEAD_DIM = 256
 MAX_GROUP_PROGRAMS = 65535  # CUDA's limit on the grid's second axis (K * B * H programs)
 LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_n: int  # query rows per program
+    block_m: int  # keys, padded
+    block_d: int  # head dim, padded
+    num_warps: int
+
+    def shared_memory_bytes(self, element_size: int) -> int:
+        """What the q tile and the whole k and v rows stage in shared memory (the dots read their
+        operands from there), in bytes: element_size * D * (N + 2 M)."""
+        return element_size * self.block_d * (self.block_n + 2 * self.block_m)
+
+
+def launch_config(keys: int, head_dim: int) -> LaunchConfig:
+    """The tile sizes the launcher uses for M keys of head dim D.
+
+    Eight warps: compiled for sm_90 at 77 keys in fp16, four warps need 232 registers a thread
+    at D = 64 and spill at D = 160 (255 registers and a 448-byte stack); eight need 141 and 202,
+    with no spill (docs/kernels.md). fp32 on a GPU goes to SDPA (its tiles spill either way).
+    """
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_n = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
+    return LaunchConfig(block_n, max(16, triton.next_power_of_2(keys)), block_d, num_warps=8)
 
 
 @triton.jit
@@ -114,18 +149,18 @@ def shared_kv_attention(
         )
     if out.numel() == 0:
         return out
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_n = 64 if block_d <= 64 else (32 if block_d <= 128 else 16)
-    interpreted = bool(triton.knobs.runtime.interpret)
-    shared_kv_attention_kernel[(triton.cdiv(tokens, block_n), k_groups * batch * heads)](
+    config = launch_config(keys, head_dim)
+    # Read from the environment, as Triton itself does: `triton.knobs` only exists from Triton 3.4.
+    interpreted = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    shared_kv_attention_kernel[(triton.cdiv(tokens, config.block_n), k_groups * batch * heads)](
         out, q, k, v, scale * LOG2E,
         k_groups, heads, tokens, keys, head_dim,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        BLOCK_N=block_n,
-        BLOCK_M=max(16, triton.next_power_of_2(keys)),
-        BLOCK_D=block_d,
+        BLOCK_N=config.block_n,
+        BLOCK_M=config.block_m,
+        BLOCK_D=config.block_d,
         IEEE_FP32=q.dtype == torch.float32,
         UPCAST=interpreted and q.dtype == torch.bfloat16,
-        num_warps=4,
+        num_warps=config.num_warps,
     )
     return out
