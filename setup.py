@@ -1,16 +1,20 @@
 """Build script for tiue.
 
-The pure-Python package always installs. It also builds the compiled extension `tiue._C` with
+The pure-Python package always installs, with the C++/CUDA sources (csrc/, installed as
+tiue/csrc). When torch is importable here it also builds the compiled extension `tiue._C` with
 torch.utils.cpp_extension (ninja when available):
 - the C++ CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) always;
 - the CUDA kernels (csrc/cuda/) when torch has CUDA and nvcc is found.
+Sources, flags and the CUDA decision are defined once in tiue/build_spec.py, which the
+first-use build (tiue/build.py) reads too.
 Environment overrides:
 - TIUE_SKIP_CUDA_BUILD=1: C++ only. TIUE_FORCE_CUDA=1: build the CUDA part even if torch or
   the environment do not look CUDA-capable, and fail the install if it does not build.
 - TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0") and MAX_JOBS are read by torch.utils.cpp_extension.
-A failed optional build prints a warning and installs the package without it (the ops then run
-on Triton or plain PyTorch). Install with `pip install --no-build-isolation -e .`: this script
-imports the installed torch, and an isolated build would fetch another one.
+A failed optional build prints a warning and installs the package without it. Without torch
+here (pip's default isolated build) nothing is compiled now: tiue builds `tiue._C` from the
+installed sources on first use (tiue/build.py). `pip install --no-build-isolation` builds it
+now, against the installed torch.
 
 The Triton kernels live in tiue/kernels/, an ordinary subpackage, so a checkout on PYTHONPATH
 imports them as well as an installed copy does.
@@ -18,55 +22,54 @@ imports them as well as an installed copy does.
 
 from __future__ import annotations
 
-import glob
+import importlib.util
 import os
 import warnings
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = find_packages(include=["tiue", "tiue.*"])
-EXTENSION = "tiue._C"
+CSRC = os.path.join(ROOT, "csrc")
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_build_spec():
+    # By path: the package is not importable yet, and tiue/__init__ must not run here.
+    path = os.path.join(ROOT, "tiue", "build_spec.py")
+    spec = importlib.util.spec_from_file_location("_tiue_build_spec", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _sources(*patterns: str) -> list[str]:
+build_spec = _load_build_spec()
+EXTENSION = build_spec.EXTENSION
+# csrc/ installs as tiue/csrc (sources and headers, not csrc/tests) for the first-use build.
+SOURCE_PACKAGES = {"tiue.csrc": "csrc", "tiue.csrc.cpu": "csrc/cpu", "tiue.csrc.cuda": "csrc/cuda"}
+PACKAGES = find_packages(include=["tiue", "tiue.*"]) + list(SOURCE_PACKAGES)
+
+
+def _relative_sources(with_cuda: bool) -> list[str]:
     # Relative paths: setuptools rejects absolute source paths in editable builds.
-    found: list[str] = []
-    for pattern in patterns:
-        found += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
-    return found
+    return [os.path.relpath(path, ROOT) for path in build_spec.sources(CSRC, with_cuda)]
 
 
 def _cuda_decision(torch) -> tuple[bool, str]:
     from torch.utils.cpp_extension import CUDA_HOME
 
-    if _flag("TIUE_SKIP_CUDA_BUILD"):
-        return False, "TIUE_SKIP_CUDA_BUILD=1"
-    if _flag("TIUE_FORCE_CUDA"):
-        return True, "TIUE_FORCE_CUDA=1"
-    if torch.version.cuda is None:
-        return False, f"torch {torch.__version__} is a build without CUDA"
-    if CUDA_HOME is None:
-        return False, "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
-    return True, f"torch CUDA {torch.version.cuda}, nvcc under {CUDA_HOME}"
+    return build_spec.cuda_decision(torch, CUDA_HOME)
 
 
 def _make_extension(with_cuda: bool):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    cxx_flags = ["-O3", "-fopenmp-simd"]  # omp simd pragmas only: threads come from ATen
-    cpu_sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
+    cxx_flags = list(build_spec.CXX_FLAGS)
     if not with_cuda:
-        return CppExtension(EXTENSION, cpu_sources, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension(EXTENSION, _relative_sources(False), extra_compile_args={"cxx": cxx_flags})
     return CUDAExtension(
         EXTENSION,
-        cpu_sources + _sources("csrc/cuda/*.cpp", "csrc/cuda/*.cu"),
-        define_macros=[("TIUE_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        _relative_sources(True),
+        define_macros=[(build_spec.CUDA_MACRO, None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": list(build_spec.NVCC_FLAGS)},
     )
 
 
@@ -76,14 +79,14 @@ def _extension_setup() -> dict:
         import torch
         from torch.utils.cpp_extension import BuildExtension
     except ImportError as error:
-        warnings.warn(f"tiue: torch is not importable ({error}); installing without tiue._C")
+        print(f"tiue: torch is not importable here ({error}); {EXTENSION} builds on first use")
         return {}
 
     with_cuda, why = _cuda_decision(torch)
     try:
         extension = _make_extension(with_cuda)
     except Exception as error:  # noqa: BLE001 - e.g. CUDA libraries not found
-        if with_cuda and _flag("TIUE_FORCE_CUDA"):
+        if with_cuda and build_spec.flag("TIUE_FORCE_CUDA"):
             raise
         warnings.warn(f"tiue: cannot set up the CUDA build ({error}); building C++ only")
         with_cuda, why = False, f"CUDA setup failed: {error}"
@@ -101,7 +104,7 @@ def _extension_setup() -> dict:
                 super().run()
                 return
             except Exception as error:  # noqa: BLE001 - any compiler or toolchain failure
-                if with_cuda and _flag("TIUE_FORCE_CUDA"):
+                if with_cuda and build_spec.flag("TIUE_FORCE_CUDA"):
                     raise
                 failure = error
             if with_cuda:
@@ -117,8 +120,8 @@ def _extension_setup() -> dict:
                     failure = error
             self.extensions = []  # nothing to install: the package works without tiue._C
             warnings.warn(
-                f"tiue: building {EXTENSION} failed ({failure}); installed without it, so the "
-                "ops use Triton or plain PyTorch. See docs/kernels.md to build it."
+                f"tiue: building {EXTENSION} failed ({failure}); installed without it: tiue tries "
+                "again on first use, else the ops use Triton or plain PyTorch. See docs/kernels.md."
             )
 
     return {
@@ -129,5 +132,7 @@ def _extension_setup() -> dict:
 
 setup(
     packages=PACKAGES,
+    package_dir=SOURCE_PACKAGES,
+    package_data={name: ["*.cpp", "*.h", "*.cu", "*.cuh"] for name in SOURCE_PACKAGES},
     **_extension_setup(),
 )

@@ -10,8 +10,7 @@
 #      pip download --no-deps -d benchmarks/wheels diffusers==0.42.1 pytest==9.0.3 pluggy==1.6.0 \
 #        iniconfig==2.3.0 pygments==2.20.0 pytest-benchmark==5.2.3 py-cpuinfo==9.0.0 \
 #        importlib_metadata==10.2.0 zipp==4.1.2
-#    then, with the device tool: run(command="bash benchmarks/gpu_end_to_end.sh",
-#    carry=["benchmarks/wheels"], timeout_s=600).
+#    then copy benchmarks/wheels/ to the GPU machine with the checkout and run this script there.
 # 2. Installs the repository: `pip install --no-build-isolation --no-deps -e .` without the CUDA
 #    extension (the fast path runs tiue's Triton kernels; TIUE_E2E_BUILD_CUDA=1 builds it too),
 #    within TIUE_E2E_INSTALL_TIMEOUT (default 60 s), and falls back to PYTHONPATH=. otherwise

@@ -3,8 +3,9 @@
     python benchmarks/require_backend.py triton [cuda ...]
 
 Prints `tiue.ops.backend_info()` and exits with status 1, naming the reason, when a named backend
-is unavailable, or when an op that the first named backend implements would not run on it for
-CUDA tensors: a GPU script must never silently measure plain PyTorch.
+is unavailable, or when an op whose automatic choice on CUDA is the first named backend would not
+run on it: a GPU script must never silently measure plain PyTorch. (Ops that default to plain
+PyTorch on CUDA because the kernels measured slower are measured by forcing TIUE_KERNELS.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def problems(wanted: list[str], info: dict) -> list[str]:
             found.append(f"{backend}: {status}")
     if not found and wanted:
         for op, devices in info["ops"].items():
-            if wanted[0] in info["implemented"][op] and devices["cuda"] != wanted[0]:
+            first_choice = info["auto_order"][op]["cuda"][:1]
+            if first_choice == [wanted[0]] and devices["cuda"] != wanted[0]:
                 found.append(f"{op} on CUDA tensors runs on {devices['cuda']!r}, not {wanted[0]!r}")
     return found
 

@@ -138,23 +138,6 @@ def test_prompt_embeds_and_interpolation(pipe):
     torch.testing.assert_close(slerp[-1], pipe.encode_prompt("a dog")[0])
 
 
-def test_save_pretrained_round_trips_as_a_stable_diffusion_folder(pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "saved")
-    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
-    assert index["_class_name"] == "StableDiffusionPipeline"
-    again = TiUEPipeline.from_pretrained(tmp_path / "saved")
-    again.set_progress_bar_config(disable=True)
-    noise = noise_for(pipe, 1)
-    torch.testing.assert_close(
-        again("a cat", latents=noise, output_type="latent").images,
-        pipe("a cat", latents=noise, output_type="latent").images,
-        rtol=0,
-        atol=0,
-    )
-    stock = StableDiffusionPipeline.from_pretrained(tmp_path / "saved")
-    torch.testing.assert_close(stock.unet.state_dict(), pipe.unet.state_dict(), rtol=0, atol=0)
-
-
 BAD_CALLS = [
     (dict(prompt="a cat", num_inference_steps=0), "num_inference_steps"),
     (dict(prompt="a cat", num_inference_steps=1001), "num_inference_steps"),

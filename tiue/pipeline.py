@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,22 @@ from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
 from tiue.schedule import TIMESTEP_SPACINGS, as_ddim_scheduler, ddim_timesteps, loopfree_coefficients
 from tiue.files import write_text_atomically
+from tiue.model_card import write_model_card
 from tiue.unet import TiUEUNet
-from tiue.validation import check_call_arguments
+from tiue.arguments import check_call_arguments, check_guidance
 
-__all__ = ["TiUEPipeline", "TiUEPipelineOutput", "OUTPUT_TYPES", "MODES", "TIMESTEP_SPACINGS", "encode_prompt_embeddings"]
+_log = logging.getLogger("tiue.pipeline")
+PIPELINE_CLASS_NAME = "TiUEPipeline"  # what a saved folder's model_index.json names
+
+__all__ = [
+    "MODES",
+    "OUTPUT_TYPES",
+    "PIPELINE_CLASS_NAME",
+    "TIMESTEP_SPACINGS",
+    "TiUEPipeline",
+    "TiUEPipelineOutput",
+    "encode_prompt_embeddings",
+]
 
 
 @torch.no_grad()
@@ -57,10 +71,26 @@ class TiUEPipeline(DiffusionPipeline):
     `mode="loopfree"` (the default) runs the UNet encoder once on the noise at the first
     timestep, all K decoder steps as one batch, combines their outputs with the K+1 loop-free
     DDIM coefficients in one fused op and decodes with the VAE. `mode="loop"` samples with the
-    ordinary per-step DDIM loop and the full UNet.
+    ordinary per-step loop and the full UNet, with `self.scheduler`.
 
-    Whatever scheduler class the checkpoint names, a DDIMScheduler is built from its config,
-    as the paper's code does.
+    Whatever scheduler class the checkpoint names, a DDIMScheduler is built from its config at
+    load time, as the paper's code does. A scheduler set afterwards (`pipe.scheduler = ...`)
+    drives `mode="loop"` as it is; the loop-free pass is DDIM by construction and takes its
+    coefficients from a DDIMScheduler with that scheduler's config.
+
+    Guidance: distilled TiUE students are trained without classifier-free guidance and sample
+    with the default `guidance_scale=1`. A scale above 1 (with an optional `negative_prompt`)
+    guides the loop too and, in the loop-free pass, each decoder's output (conditional and
+    unconditional rows in one batch), which is exact CFG for the pass since the combination is
+    linear; it doubles the UNet's batch.
+
+    Offload: `enable_model_cpu_offload()` works in both modes (the loop-free pass calls the UNet's
+    blocks directly, so it fires the UNet's offload hook itself); it cannot be combined with the
+    fast path. VAE slicing and tiling apply to the VAE decode; attention slicing replaces the
+    decoder's shared-text attention with diffusers' sliced processor (same images, slower).
+
+    Safety: TiUE folders carry no safety checker and this pipeline runs none; filter images
+    yourself where they reach other people.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -110,17 +140,22 @@ class TiUEPipeline(DiffusionPipeline):
         (see `tiue.embedded`). Accepts diffusers' from_pretrained keyword arguments."""
         return super().from_pretrained(resolve_model(str(pretrained_model_name_or_path)), **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Save as a plain Stable Diffusion pipeline folder, loadable by this class and by
-        diffusers' StableDiffusionPipeline alike (the paper's checkpoints are such folders)."""
+    def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs) -> None:
+        """Save a pipeline folder whose model_index.json names TiUEPipeline, with a README.md
+        model card.
+
+        diffusers' `DiffusionPipeline.from_pretrained` then refuses the folder instead of silently
+        sampling it with a multi-step scheduler; `StableDiffusionPipeline.from_pretrained` still
+        loads its components. `model_card`: keyword arguments of `tiue.model_card.model_card`
+        (name, base_model, num_steps, training) over the defaults this pipeline knows.
+        """
         super().save_pretrained(save_directory, *args, **kwargs)
         index_path = Path(save_directory) / "model_index.json"
         index = json.loads(index_path.read_text())
-        index["_class_name"] = "StableDiffusionPipeline"
-        for optional in ("safety_checker", "feature_extractor", "image_encoder"):
-            index.setdefault(optional, [None, None])
-        index.setdefault("requires_safety_checker", False)
+        index["_class_name"] = PIPELINE_CLASS_NAME
         write_text_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        card = dict(name=Path(save_directory).name, timestep_spacing=self.scheduler.config.timestep_spacing)
+        write_model_card(save_directory, **(card | (model_card or {})))
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -132,10 +167,11 @@ class TiUEPipeline(DiffusionPipeline):
         return self._tiue_unet
 
     def loopfree_schedule(self, num_inference_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(timesteps, coeffs) for K steps, cached per scheduler config and K."""
+        """(timesteps, coeffs) for K steps, cached per scheduler config and K. The loop-free pass
+        is a DDIM chain: another scheduler class contributes its config (noise schedule, spacing)."""
         key = (json.dumps(dict(self.scheduler.config), sort_keys=True, default=str), num_inference_steps)
         if key not in self._coefficient_cache:
-            self._coefficient_cache[key] = loopfree_coefficients(self.scheduler, num_inference_steps)
+            self._coefficient_cache[key] = loopfree_coefficients(as_ddim_scheduler(self.scheduler), num_inference_steps)
         return self._coefficient_cache[key]
 
     @torch.no_grad()
@@ -160,8 +196,10 @@ class TiUEPipeline(DiffusionPipeline):
         device: torch.device,
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
+        noise_sigma: float | None = None,
     ) -> torch.Tensor:
-        """Initial noise z_K, drawn as diffusers' StableDiffusionPipeline draws it."""
+        """Initial noise z_K, drawn as diffusers' StableDiffusionPipeline draws it, times the
+        scheduler's initial sigma (`noise_sigma` overrides it: 1 for the loop-free DDIM pass)."""
         shape = (
             batch_size,
             self.unet.config.in_channels,
@@ -172,7 +210,7 @@ class TiUEPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * (self.scheduler.init_noise_sigma if noise_sigma is None else noise_sigma)
 
     # -- fast path -----------------------------------------------------------------------
 
@@ -198,6 +236,13 @@ class TiUEPipeline(DiffusionPipeline):
         Returns the stats object (compile_seconds, capture_seconds, ...), also at
         `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.
         """
+        offloaded = [name for name in ("text_encoder", "unet", "vae") if hasattr(getattr(self, name), "_hf_hook")]
+        if offloaded:
+            raise RuntimeError(
+                f"enable_fast_path: {', '.join(offloaded)} carry accelerate offload hooks (model CPU offload), "
+                "which move the weights on every call; compiled graphs need them in place. Call "
+                "remove_all_hooks() and .to(device) first"
+            )
         self.disable_fast_path()
         self._fast_path = FastPath(
             self,
@@ -268,12 +313,15 @@ class TiUEPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         mode: str = "loopfree",
+        guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> TiUEPipelineOutput | tuple:
         """Generate images.
 
         Args:
             prompt: one prompt or a list; exclusive with `prompt_embeds`.
-            num_inference_steps: K, the decoder steps (loopfree) or DDIM steps (loop).
+            num_inference_steps: K, the decoder steps (loopfree) or scheduler steps (loop).
             height, width: image size in pixels, multiples of the VAE's downsampling factor;
                 default the UNet's sample size times that factor.
             num_images_per_prompt: images per prompt (copies of a prompt are adjacent).
@@ -282,11 +330,59 @@ class TiUEPipeline(DiffusionPipeline):
             prompt_embeds: precomputed text embeddings (B, L, D), e.g. interpolated ones.
             output_type: "pil", "np", "pt" (floats in [0, 1], (B, 3, H, W)) or "latent" (z_0).
             return_dict: return a TiUEPipelineOutput, else a one-element tuple.
-            mode: "loopfree" (encoder once, K decoders in one batch) or "loop" (DDIM loop).
+            mode: "loopfree" (encoder once, K decoders in one batch) or "loop" (the scheduler's
+                step-by-step loop with the full UNet).
+            guidance_scale: classifier-free guidance; 1 (the default, what distilled students are
+                trained for) runs none, above 1 guides both modes (the UNet batch doubles).
+            negative_prompt: what the unconditional half sees when guiding (default "").
+            negative_prompt_embeds: the same as embeddings, shaped like `prompt_embeds`.
         """
         default_size = self.unet.config.sample_size * self.vae_scale_factor
         height = default_size if height is None else height  # 0 is an error, not "the default"
         width = default_size if width is None else width
+        batch_size = self.check_inputs(
+            prompt, prompt_embeds, num_inference_steps, height, width, num_images_per_prompt, generator, latents,
+            output_type, mode, guidance_scale, negative_prompt, negative_prompt_embeds,
+        )
+        guided = guidance_scale > 1
+        if not guided and (negative_prompt is not None or negative_prompt_embeds is not None):
+            _log.warning("negative_prompt is ignored: guidance_scale=%s does no guidance (it takes > 1)", guidance_scale)
+        device = self._execution_device
+        text = self._text_embeddings(prompt, prompt_embeds, device, num_images_per_prompt)
+        if guided:
+            unconditional = self._unconditional_embeddings(
+                negative_prompt, negative_prompt_embeds, prompt, prompt_embeds, device, num_images_per_prompt
+            )
+            text = torch.cat([unconditional, text])
+        noise_sigma = self.scheduler.init_noise_sigma if mode == "loop" else 1.0  # the pass is DDIM's
+        latents = self.prepare_latents(batch_size, height, width, text.dtype, device, generator, latents, noise_sigma)
+
+        decode = output_type != "latent"
+        scale = guidance_scale if guided else None
+        if mode == "loopfree":
+            image = self._loopfree_pass(latents, text, num_inference_steps, decode, scale)
+        else:
+            z0 = self._sample_loop(latents, text, num_inference_steps, scale, generator)
+            if decode:
+                z0 = z0.to(self.vae.dtype) / self.vae.config.scaling_factor
+                image = self.vae.decode(z0, return_dict=False)[0]
+            else:
+                image = z0
+        if decode:
+            image = self.image_processor.postprocess(
+                image, output_type=output_type, do_denormalize=[True] * image.shape[0]
+            )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return TiUEPipelineOutput(images=image)
+
+    def check_inputs(
+        self, prompt, prompt_embeds, num_inference_steps, height, width, num_images_per_prompt, generator, latents,
+        output_type, mode, guidance_scale, negative_prompt, negative_prompt_embeds,
+    ) -> int:
+        """Check a call's arguments against this pipeline's models (as diffusers' pipelines do);
+        returns the number of images. Each error names the argument, what it got and what it takes."""
         batch_size = check_call_arguments(
             prompt=prompt,
             prompt_embeds=prompt_embeds,
@@ -305,56 +401,97 @@ class TiUEPipeline(DiffusionPipeline):
             mode=mode,
             modes=MODES,
         )
+        check_guidance(guidance_scale, negative_prompt, negative_prompt_embeds,
+                       batch_size // num_images_per_prompt, prompt_embeds)
         if mode == "loop":  # the loop-free pass checks its timesteps where its coefficients are made
-            ddim_timesteps(self.scheduler, num_inference_steps)
-        device = self._execution_device
-        if prompt_embeds is None:
-            prompt_embeds = self.encode_prompt(prompt, device, num_images_per_prompt)
-        else:
-            prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
-            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        latents = self.prepare_latents(
-            batch_size, height, width, prompt_embeds.dtype, device, generator, latents
-        )
+            ddim_timesteps(as_ddim_scheduler(self.scheduler), num_inference_steps)
+        return batch_size
 
-        decode = output_type != "latent"
-        if mode == "loopfree":
-            image = self._loopfree_pass(latents, prompt_embeds, num_inference_steps, decode)
-        else:
-            z0 = self._sample_loop(latents, prompt_embeds, num_inference_steps)
-            if decode:
-                z0 = z0.to(self.vae.dtype) / self.vae.config.scaling_factor
-                image = self.vae.decode(z0, return_dict=False)[0]
-            else:
-                image = z0
-        if decode:
-            image = self.image_processor.postprocess(
-                image, output_type=output_type, do_denormalize=[True] * image.shape[0]
-            )
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return TiUEPipelineOutput(images=image)
+    def _text_embeddings(self, prompt, prompt_embeds, device, copies: int) -> torch.Tensor:
+        if prompt_embeds is None:
+            return self.encode_prompt(prompt, device, copies)
+        return prompt_embeds.to(device=device, dtype=self.unet.dtype).repeat_interleave(copies, dim=0)
+
+    def _unconditional_embeddings(
+        self, negative_prompt, negative_prompt_embeds, prompt, prompt_embeds, device, copies: int
+    ) -> torch.Tensor:
+        """The guidance's unconditional rows, one per image, in the prompts' order."""
+        if negative_prompt_embeds is not None:
+            return self._text_embeddings(None, negative_prompt_embeds, device, copies)
+        count = prompt_embeds.shape[0] if prompt_embeds is not None else (1 if isinstance(prompt, str) else len(prompt))
+        negatives = [negative_prompt or ""] * count if not isinstance(negative_prompt, (list, tuple)) else negative_prompt
+        return self.encode_prompt(list(negatives), device, copies)
 
     def _loopfree_pass(
-        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_steps: int, decode: bool
+        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, decode: bool, guidance_scale: float | None
     ) -> torch.Tensor:
         """The image in [-1, 1] (decode) or z_0, by the fast path when it is enabled."""
         timesteps, coeffs = self.loopfree_schedule(num_steps)
         if self._fast_path is not None:
-            return self._fast_path(latents, prompt_embeds, timesteps, coeffs, decode)
+            return self._fast_path(latents, text, timesteps, coeffs, decode, guidance_scale)
+        # accelerate's offload hook wraps unet.forward, which the pass never calls: fire it here
+        # (it moves the UNet to the device and the text encoder off). The VAE's decode fires its own.
+        run_offload_hook(self.unet)
         timesteps = timesteps.to(latents.device)
         temb = self.tiue_unet.time_embedding(timesteps, latents.dtype)
         one_pass = OnePass(self.tiue_unet, self.vae)
-        return one_pass(latents, prompt_embeds, timesteps, temb, tuple(coeffs.tolist()), decode)
+        return one_pass(latents, text, timesteps, temb, tuple(coeffs.tolist()), decode, guidance_scale)
 
     def _sample_loop(
-        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_steps: int
+        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, guidance_scale: float | None, generator
     ) -> torch.Tensor:
-        scheduler = as_ddim_scheduler(self.scheduler.__class__.from_config(self.scheduler.config))
+        """z_0 by `self.scheduler`'s own loop (a fresh copy: schedulers keep per-run state)."""
+        scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_steps, device=latents.device)
+        step_arguments = inspect.signature(scheduler.step).parameters
+        extra = {}
+        if "eta" in step_arguments:
+            extra["eta"] = 0.0  # deterministic DDIM, as the loop-free pass
+        if "generator" in step_arguments:
+            extra["generator"] = generator
         for t in self.progress_bar(scheduler.timesteps):
-            model_input = scheduler.scale_model_input(latents, t)
-            output = self.unet(model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-            latents = scheduler.step(output, t, latents, eta=0.0, return_dict=False)[0]
+            model_input = latents if guidance_scale is None else torch.cat([latents, latents])
+            model_input = scheduler.scale_model_input(model_input, t)
+            output = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False)[0]
+            if guidance_scale is not None:
+                unconditional, conditional = output.chunk(2)
+                output = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(output, t, latents, **extra, return_dict=False)[0]
         return latents
+
+    # -- memory switches -----------------------------------------------------------------
+    # StableDiffusionPipeline's names for the VAE's own switches; both modes decode through
+    # vae.decode, which honours them.
+
+    def enable_vae_slicing(self) -> None:
+        """Decode the batch one image at a time (less memory, same images)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Decode large images in overlapping tiles (less memory; seams are blended)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    # -- offload -------------------------------------------------------------------------
+
+    def enable_model_cpu_offload(self, *args, **kwargs) -> None:
+        """diffusers' model offload (text encoder, UNet, VAE each on the device only while it
+        runs); refused while the fast path is on, whose compiled graphs hold the weights in place."""
+        if self._fast_path is not None:
+            raise RuntimeError(
+                "enable_model_cpu_offload: the fast path is enabled, and its compiled graphs need the "
+                "weights to stay on the device; call disable_fast_path() first"
+            )
+        super().enable_model_cpu_offload(*args, **kwargs)
+
+
+def run_offload_hook(module: torch.nn.Module) -> None:
+    """Fire accelerate's pre-forward hook of `module`, if it has one, as its forward() would."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None:
+        hook.pre_forward(module)

@@ -15,11 +15,25 @@ import warnings
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
+__all__ = ["SD21_SCHEDULER_CONFIG", "TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # diffusers' DDIM timestep spacings: "leading" (SD's configs), "trailing" (K = 1 at t = 999), "linspace".
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# The scheduler config Stable Diffusion 2.1-base ships (a PNDMScheduler config): the shapes
+# world's teacher trains and samples under it, and the tests' tiny models use it.
+SD21_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    trained_betas=None,
+)
 
 
 def as_ddim_scheduler(scheduler) -> DDIMScheduler:

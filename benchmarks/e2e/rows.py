@@ -151,8 +151,15 @@ class RowFactory:
     # -- rows -----------------------------------------------------------------------------
 
     def prepare(self, key: str, batch: int) -> PreparedRow:
+        builders = {
+            "a": self._row_a, "b": self._row_b, "c": self._row_c, "d": self._row_d, "e": self._row_e,
+            "f": self._row_f, "f-unet": self._row_f_unet, "b-unet": self._row_b_unet, "c-unet": self._row_c_unet,
+            "c-unet-compiled": self._row_c_unet_compiled, "e-unet": self._row_e_unet,
+        }
+        if key not in builders:
+            raise ValueError(f"row: expected one of {', '.join(builders)}, got {key!r}")
         start = time.perf_counter()
-        prepared = getattr(self, "_row_" + key.replace("-", "_"))(batch)
+        prepared = builders[key](batch)
         prepared.setup_seconds = time.perf_counter() - start
         return prepared
 

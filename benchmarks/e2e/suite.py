@@ -84,7 +84,9 @@ class EndToEndSuite:
         except Exception as error:
             result.status = "failed"
             result.reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
-            result.notes.append("traceback tail: " + traceback.format_exc(limit=-2).splitlines()[-1][:200])
+            # The last frames and the whole message (dynamo's explanation is several lines long).
+            lines = [line for line in traceback.format_exc(limit=-6).splitlines() if line.strip()]
+            result.notes.append("traceback tail: " + " | ".join(lines[-24:])[:3000])
             raise
         finally:
             self.results.add(result)

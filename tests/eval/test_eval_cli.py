@@ -34,24 +34,9 @@ def test_eval_teacher_with_guidance(tiny_pipeline_dir, tiny_features_dir, tmp_pa
     assert result["settings"]["guidance_scale"] == 2.0 and math.isfinite(result["fid"])
 
 
-def test_guidance_scale_needs_the_loop_sampler(tiny_pipeline_dir, capsys):
-    assert main(["eval", "--model", str(tiny_pipeline_dir), "--guidance-scale", "3"]) == 1
-    assert "--guidance-scale" in capsys.readouterr().err
-
-
-def test_guided_sampler_at_scale_one_is_the_plain_ddim_loop(tiny_pipeline_dir):
-    from tiue.eval.guided import sample_with_guidance
-    from tiue.pipeline import TiUEPipeline
-
-    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = ["a red circle", "a blue square"]
-    ours = sample_with_guidance(pipe, prompts, 3, 1.0, torch.Generator().manual_seed(0), "latent")
-    theirs = pipe(prompts, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent", mode="loop").images
-    torch.testing.assert_close(ours, theirs)
-    # Guidance changes the result, and g = 2 is eps_u + 2 (eps_c - eps_u).
-    guided = sample_with_guidance(pipe, prompts, 3, 2.0, torch.Generator().manual_seed(0), "latent")
-    assert not torch.allclose(guided, ours)
+def test_guidance_scale_below_one_is_refused(tiny_pipeline_dir, capsys):
+    assert main(["eval", "--model", str(tiny_pipeline_dir), "--guidance-scale", "0.5"]) == 1
+    assert "--guidance-scale: expected a value >= 1" in capsys.readouterr().err
 
 
 def test_gigagan_preprocessing_crops_the_centre_then_resizes():

@@ -24,7 +24,7 @@ def _call_every_op():
 
 def test_backend_info_lists_every_op_and_backend():
     info = tiue.ops.backend_info()
-    assert set(info) == {"forced", "backends", "ops", "implemented"}
+    assert set(info) == {"forced", "backends", "ops", "implemented", "auto_order"}
     assert set(info["backends"]) == set(dispatch.BACKENDS)
     assert info["backends"]["torch"] == "available"
     assert set(info["ops"]) == set(OPS)

@@ -137,6 +137,7 @@ def test_gpu_scripts_refuse_to_measure_the_wrong_backend():
         "backends": {"torch": "available", "triton": "unavailable: no CUDA device", "cuda": "available"},
         "ops": {"ddim_combine": {"cuda": "cuda"}, "attention_backward": {"cuda": "torch"}},
         "implemented": {"ddim_combine": ["torch", "cuda", "triton"], "attention_backward": ["torch"]},
+        "auto_order": {"ddim_combine": {"cuda": ["triton", "cuda"]}, "attention_backward": {"cuda": []}},
     }
     assert problems(["triton"], info) == ["triton: unavailable: no CUDA device"]
     assert problems(["cuda"], info) == []
@@ -144,3 +145,19 @@ def test_gpu_scripts_refuse_to_measure_the_wrong_backend():
     assert problems(["triton"], info) == ["ddim_combine on CUDA tensors runs on 'cuda', not 'triton'"]
     for script in ("gpu_kernels.sh", "gpu_end_to_end.sh", "gpu_train_step.sh"):
         assert "require_backend.py" in (ROOT / "benchmarks" / script).read_text(), script
+
+
+def test_cuda_defaults_follow_the_h200_measurements(monkeypatch):
+    """With every backend live (as on a GPU machine with a build), CUDA tensors take the Triton
+    ddim_combine (faster than eager there) but SDPA and plain PyTorch for attention and the KL
+    (the kernels measured slower); forcing a backend still selects the kernel."""
+    from tiue.ops import library
+
+    monkeypatch.setattr(dispatch, "unavailable_reason", lambda backend: None)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert library._ddim_combine.choose("cuda").backend == "triton"
+    assert library._shared_kv_attention.choose("cuda").backend == "torch"
+    assert library._gaussian_kl_stats.choose("cuda").backend == "torch"
+    assert library._shared_kv_attention.choose("cpu").backend == "torch"  # no CPU kernel
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    assert library._shared_kv_attention.choose("cuda").backend == "triton"

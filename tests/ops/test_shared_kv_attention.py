@@ -50,7 +50,9 @@ SHAPES = {
 def test_matches_float64_reference(backend, dtype, shape):
     q, k, v = _inputs(*shape, dtype=dtype, device=device_for(backend))
     out = tiue.ops.shared_kv_attention(q, k, v)
-    assert tiue.ops.last_backend("shared_kv_attention") == backend
+    # fp32 on a GPU is SDPA's: the Triton kernel's fp32 tiles spill (tests/ops/test_gpu_readiness.py)
+    sdpa_instead = backend == "triton" and q.is_cuda and dtype == torch.float32
+    assert tiue.ops.last_backend("shared_kv_attention") == ("torch" if sdpa_instead else backend)
     assert out.dtype == dtype and out.shape == q.shape
     assert out.stride() == _expected_strides(q)  # (K, B, N, H, D) in memory, for every backend
     assert_close(out, _reference(q, k, v), dtype, "forward")

@@ -8,9 +8,27 @@ import time
 from pathlib import Path
 
 from tiue.train import Trainer
-from tiue.train.checkpoint import PAUSE_ENV, list_checkpoints, read_checkpoint
+from tiue.train.checkpoint import list_checkpoints, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
+# `tiue train` in a child process whose writer of checkpoint 2 stops halfway (after the EMA
+# weights, before the LoRA, the optimizers and state.json) until it is killed.
+PAUSING_TRAIN = """
+import sys, time
+from pathlib import Path
+import tiue.train.checkpoint as checkpoint
+from tiue.cli import main
+
+write = checkpoint.save_file
+def pausing(tensors, filename, *args, **kwargs):
+    write(tensors, filename, *args, **kwargs)
+    path = Path(filename)
+    if path.name == "ema.safetensors" and path.parent.name.startswith(".checkpoint-00000002"):
+        (path.parent / "PAUSED").touch()
+        time.sleep(120)
+checkpoint.save_file = pausing
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def test_sigkill_mid_write_keeps_the_previous_checkpoint(make_config, tmp_path):
@@ -21,9 +39,8 @@ def test_sigkill_mid_write_keeps_the_previous_checkpoint(make_config, tmp_path):
         OMP_NUM_THREADS="2",
         PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
-    env[PAUSE_ENV] = "2:120"  # the writer of checkpoint 2 stops halfway
     command = [
-        sys.executable, "-m", "tiue", "train", "--teacher", config.teacher, "--captions", config.captions,
+        sys.executable, "-c", PAUSING_TRAIN, "train", "--teacher", config.teacher, "--captions", config.captions,
         "--output-dir", config.output_dir, "--max-steps", "3", "--batch-size", "2", "--num-steps", "2",
         "--resolution", "32", "--device", "cpu", "--report-to", "none", "--checkpoint-every", "1",
     ]

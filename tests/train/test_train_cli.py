@@ -49,7 +49,9 @@ def test_cli_trains_and_final_is_a_pipeline_tiue_samples(tiny_pipeline_dir, capt
     assert all(torch.equal(ema_weights[k], saved.ema[k]) for k in saved.ema)
     assert all(torch.equal(raw_weights[k], saved.student[k]) for k in saved.student)
     assert (final / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert json.loads((final / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert json.loads((final / "model_index.json").read_text())["_class_name"] == "TiUEPipeline"
+    card = (final / "README.md").read_text()  # the model card names the teacher and the run's settings
+    assert "base_model:" in card and "| steps trained | 2 |" in card and "| num_steps | 2 |" in card
     assert (out / "loss_curve.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-00000001.png", "step-00000002.png"]
     assert list((out / "tiue-train").rglob("events.out.tfevents.*")), "no TensorBoard log"

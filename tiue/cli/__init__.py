@@ -1,10 +1,17 @@
-"""The `tiue` command line: `tiue sample ...`, `tiue train ...` (also `python -m tiue`)."""
+"""The `tiue` command line: `tiue sample ...`, `tiue train ...`, `tiue info` (also `python -m tiue`).
+
+Only the chosen subcommand's module is imported, so `tiue --help` and `tiue --version` start in
+a fraction of a second instead of importing torch and diffusers for every subcommand's options.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+
+from tiue import __version__
 
 __all__ = ["main", "build_parser", "CommandError"]
 
@@ -14,6 +21,16 @@ COMMANDS = {
     "train": "Distill a teacher into a TiUE student (VSD + KL, captions only).",
     "eval": "Measure a model: FID, precision, recall, F1, density, coverage, text-image agreement.",
     "world": "The shapes world: retrain its models from recipes, write captions, embed models.",
+    "info": "Versions, kernel backends (and why any is unavailable) and each op's backend.",
+}
+
+# Library notices that tell a tiue user nothing, dropped by logger and exact text (CLI only:
+# importing tiue as a library changes no logging): transformers' note that image processors fall
+# back to PIL without torchvision (tiue uses none), and diffusers' warning that `.to(dtype)` casts
+# modules that should stay float32, when there are none ("[]").
+QUIET_NOTICES = {
+    "transformers.utils.import_utils": "requires torchvision (not installed); falling back to",
+    "diffusers.models.modeling_utils": "that should be kept in float32: []",
 }
 
 
@@ -21,27 +38,51 @@ class CommandError(Exception):
     """A user error a command reports as one line, exiting non-zero."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of `command` only: others are listed by name and summary."""
     parser = argparse.ArgumentParser(
         prog="tiue", description="Loop-free TiUE text-to-image sampling, distillation and evaluation."
     )
+    parser.add_argument("--version", action="version", version=f"tiue {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in COMMANDS.items():
-        module = importlib.import_module(f"tiue.cli.{name}")
-        sub = subparsers.add_parser(
-            name,
-            help=summary,
-            description=module.__doc__,
-            # Keep the docstrings' own line breaks: their usage examples are one per line.
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        # Keep the docstrings' own line breaks: their usage examples are one per line.
+        sub = subparsers.add_parser(name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == command:
+            module = importlib.import_module(f"tiue.cli.{name}")
+            sub.description = module.__doc__
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    # The top level takes only flags without values (-h, --version): the first other word names
+    # the subcommand (an unknown one is left to argparse, which lists the valid ones).
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_known_notices() -> None:
+    """Drop the QUIET_NOTICES messages (and only them); calling it again adds nothing."""
+    for name, text in QUIET_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropNotice(text))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
+    quiet_known_notices()
     try:
         args._run(args)
     except (CommandError, ValueError, TypeError, OSError, NotImplementedError) as error:

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", help="embedded name, local pipeline folder or hub id (default: the embedded default model)")
     add("--steps", type=int, default=4, help="K: decoder steps (loopfree) or DDIM steps (loop) (default 4)")
     add("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampler (default loopfree)")
-    add("--guidance-scale", type=float, help="classifier-free guidance for teacher sampling (needs --mode loop)")
+    add("--guidance-scale", type=float,
+        help="classifier-free guidance, in either mode (default none: distilled students are trained without it)")
     add("--timestep-spacing", choices=TIMESTEP_SPACINGS,
         help="DDIM timestep spacing (default: the model scheduler's own; trailing runs 1 step at t = 999)")
     add("--num-images", type=int, default=256, help="images to generate (default 256)")

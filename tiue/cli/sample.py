@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -17,9 +18,10 @@ from tiue.devices import DTYPE_NAMES
 from tiue.embedded import default_model
 from tiue.eval.sharding import ProcessGroup
 from tiue.files import atomic_path, check_writable_folder
+from tiue.images import make_grid
 from tiue.schedule import TIMESTEP_SPACINGS
 
-__all__ = ["add_arguments", "run", "read_prompts", "make_grid", "image_name"]
+__all__ = ["add_arguments", "run", "read_prompts", "image_name"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance; 1 (default) is none, what distilled students are trained for")
+    parser.add_argument("--negative-prompt", help="what guidance steers away from (default: the empty prompt)")
     parser.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS,
                         help="DDIM timestep spacing (default: the model scheduler's own, as it was trained)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -90,19 +95,6 @@ def image_name(prompt_index: int, seed: int) -> str:
     return f"{prompt_index:05d}-seed{seed}.png"
 
 
-def make_grid(images: list, columns: int | None = None):
-    """One PIL image with `images` laid out row by row."""
-    from PIL import Image
-
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
 def _save_png(image, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
@@ -116,11 +108,19 @@ def run(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     check_seed("--seed", args.seed, len(prompts))
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise ValueError(f"--guidance-scale: expected a finite number >= 0 (1 = no guidance), got {args.guidance_scale}")
     check_device_flags(args.device, args.dtype)
     check_writable_folder("--out", args.out)
     model = args.model or default_model()
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
+    if args.mode == "loopfree":
+        from tiue.students import not_a_student_warning
+
+        warning = not_a_student_warning(model)
+        if warning is not None:
+            print(f"tiue sample: warning: {warning}", file=sys.stderr)
     pipe = load_pipeline(model, args.device, args.dtype, args.fast).with_timestep_spacing(args.timestep_spacing)
     check_steps(pipe, args.steps)
     group = ProcessGroup.from_environment()
@@ -148,6 +148,8 @@ def _sample_shard(pipe, prompts: list[str], group, args: argparse.Namespace) -> 
             width=args.width,
             generator=generators,
             mode=args.mode,
+            guidance_scale=args.guidance_scale,
+            negative_prompt=args.negative_prompt,
         ).images
         # Files appear only once their batch succeeded, each written whole (temp name + rename).
         args.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tiue.train.config import LORA_INITS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS
+from tiue.train.config import (
+    LORA_INITS, LR_SCHEDULERS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS,
+)
 
 __all__ = ["add_arguments", "run", "config_from_args"]
 
@@ -33,10 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     parser.argument_default = s
     add = parser.add_argument
-    add("--config", type=Path, help="YAML file of settings (keys as the flags, dashes or underscores)")
+    add("--config", type=Path, help="YAML file of settings (keys as the flags, dashes or underscores; "
+        "diffusers' training-example names such as train_batch_size or max_train_steps also read)")
     models = parser.add_argument_group("models and data")
     models.add_argument("--teacher", help="SD 1.x/2.x pipeline: hub id or local folder")
     models.add_argument("--student", help="initial student UNet (pipeline or UNet folder); default the teacher's")
+    models.add_argument("--revision", help="Hub revision (branch, tag or commit) of --teacher and --student")
+    models.add_argument("--variant", help="weight-file variant of --teacher and --student, e.g. fp16 "
+                        "(loads unet/diffusion_pytorch_model.fp16.safetensors, ...)")
     models.add_argument("--captions", help=".txt (one per line), .jsonl, or a folder of them")
     models.add_argument("--caption-field", help="field of a .jsonl record, dotted for nesting (e.g. Task2.Caption); "
                         "default: Caption, Caption:, caption (as the official dataset), then text, prompt, "
@@ -55,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--guidance-scale", type=float, help="CFG scale of both teachers (default 4.5)")
     method.add_argument("--learning-rate", type=float, help="student Adam lr (default 1e-6)")
     method.add_argument("--learning-rate-lora", type=float, help="fake-score LoRA Adam lr (default 1e-3)")
-    method.add_argument("--lr-warmup-steps", type=int, help="linear LR warm-up steps (default 0)")
+    method.add_argument("--lr-scheduler", choices=LR_SCHEDULERS,
+                        help="LR schedule of both optimizers, as diffusers' get_scheduler (default "
+                        "constant_with_warmup); decaying ones end at the run's last step")
+    method.add_argument("--lr-warmup-steps", type=int, help="linear LR warm-up steps from 0 (default 0)")
     method.add_argument("--lora-rank", type=int, help="default 64")
     method.add_argument("--lora-alpha", type=float, help="default 108")
     method.add_argument("--lora-targets", type=_comma_list, help="comma-separated module names (default to_q,to_v)")
@@ -76,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     machinery.add_argument("--half-precision-teacher", type=_bool, nargs="?", const=True,
                            help="keep the frozen UNet weights in the mixed dtype (default false: fp32, as the official script)")
     machinery.add_argument("--gradient-checkpointing", type=_bool, nargs="?", const=True, help="trade compute for memory")
+    machinery.add_argument("--allow-tf32", type=_bool, nargs="?", const=True,
+                           help="TF32 matmuls and cuDNN convolutions on Ampere and newer GPUs (default true; "
+                           "false: full fp32)")
+    machinery.add_argument("--use-8bit-adam", type=_bool, nargs="?", const=True,
+                           help="bitsandbytes' 8-bit AdamW (no weight decay) for both models (needs bitsandbytes)")
     machinery.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints (default 500)")
     machinery.add_argument("--keep-checkpoints", type=int, help="how many recent checkpoints to keep (default 3)")
     machinery.add_argument("--resume", help="'latest' or a checkpoint folder")
@@ -84,10 +98,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     machinery.add_argument("--max-consecutive-nonfinite", type=int, help="stop after this many bad steps in a row (default 10)")
     machinery.add_argument("--validate-every", type=int, help="steps between validation grids (default 0: at the end only)")
     machinery.add_argument("--validation-prompts", action="append", help="a validation prompt (repeatable)")
-    machinery.add_argument("--report-to", choices=REPORT_TO, help="default tensorboard when installed")
-    machinery.add_argument("--log-every", type=int, help="steps between TensorBoard points (default 1)")
+    machinery.add_argument("--report-to", choices=REPORT_TO,
+                           help="tracker of the run's scalars (default tensorboard when installed; wandb needs wandb)")
+    machinery.add_argument("--log-every", type=int, help="steps between logged points (default 1)")
     machinery.add_argument("--seed", type=int, help="default 0")
     machinery.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available")
+    hub = parser.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push-to-hub", type=_bool, nargs="?", const=True,
+                     help="upload final/ when the run ends; the repo is created (or found) at start-up")
+    hub.add_argument("--hub-model-id", help="NAME or OWNER/NAME of the repo (default: the --output-dir folder's name)")
+    hub.add_argument("--hub-token", help="Hub token (default: HF_TOKEN or `hf auth login`'s); never written to logs "
+                     "or checkpoints")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -106,3 +127,5 @@ def run(args: argparse.Namespace) -> None:
         print(f"stopped at step {result.step}; resume with --resume latest (checkpoint {result.checkpoint})")
     else:
         print(f"trained {result.step} steps; pipeline written to {result.final}")
+        if result.hub_repo is not None:
+            print(f"pushed to the Hub repo {result.hub_repo}")

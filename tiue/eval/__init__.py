@@ -3,8 +3,8 @@
 fid: Frechet distance. prdc: precision, recall, density, coverage (k-NN manifolds, Naeem et
 al. 2020) and F1. agreement: text-image agreement (attribute accuracy, CLIP score).
 extractors: the shapes feature network, Inception (TorchScript) and CLIP feature extractors.
-preprocessing: GigaGAN's protocol for real-model evaluation. guided: teacher DDIM sampling
-with classifier-free guidance. sharding: prompts split across processes. runner: `evaluate`.
+preprocessing: GigaGAN's protocol for real-model evaluation. sharding: prompts split across
+processes. runner: `evaluate` (sampling, guided or not, is the pipeline's own).
 Submodules are imported on first use, so `tiue.eval.sharding` costs no scipy import.
 """
 

@@ -39,7 +39,7 @@ class EvalSpec:
     model: str
     steps: int = 4
     mode: str = "loopfree"
-    guidance_scale: float | None = None  # teacher CFG (DDIM loop); None: the pipeline as it is
+    guidance_scale: float | None = None  # classifier-free guidance (both modes); None: the pipeline's default, 1
     timestep_spacing: str | None = None  # None: the model scheduler's own
     num_images: int = 256
     seed: int = 0
@@ -66,14 +66,8 @@ class EvalSpec:
         for flag, value, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"{flag}: expected {accepted}, got {value!r}")
-        if self.guidance_scale is not None:
-            if self.mode != "loop":
-                raise ValueError(
-                    f"--guidance-scale: classifier-free guidance applies to teacher sampling (--mode loop); "
-                    f"got --mode {self.mode}, whose loop-free sampler has no guidance"
-                )
-            if self.guidance_scale < 1.0:
-                raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
+        if self.guidance_scale is not None and not self.guidance_scale >= 1.0:  # also refuses NaN
+            raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
         if self.prompt_file is not None and self.real_images is None:
             raise ValueError("--real-images: required with --prompt-file (the folder of real images to compare with)")
 
@@ -92,18 +86,15 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 def sample_images(pipe, prompts: list[str], indices, spec: EvalSpec) -> np.ndarray:
     """Images (len(indices), H, W, 3) uint8 for prompts[i], i in indices, image i seeded seed + i."""
-    from tiue.eval.guided import sample_with_guidance
-
     indices = list(indices)
     out = []
     for start in range(0, len(indices), spec.batch_size):
         batch = indices[start : start + spec.batch_size]
         texts = [prompts[i] for i in batch]
         generators = [torch.Generator(pipe.device).manual_seed(spec.seed + i) for i in batch]
-        if spec.guidance_scale is not None:
-            images = sample_with_guidance(pipe, texts, spec.steps, spec.guidance_scale, generators, "np")
-        else:
-            images = pipe(texts, num_inference_steps=spec.steps, generator=generators, output_type="np", mode=spec.mode).images
+        guidance = {} if spec.guidance_scale is None else {"guidance_scale": spec.guidance_scale}
+        images = pipe(texts, num_inference_steps=spec.steps, generator=generators, output_type="np", mode=spec.mode,
+                      **guidance).images
         out.append(_to_uint8(images))
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
 

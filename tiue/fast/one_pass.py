@@ -18,6 +18,10 @@ class OnePass(nn.Module):
 
     Encoder once at timesteps[0], all K decoders as one batch, the fused loop-free combination
     (which also applies the VAE's 1/scaling_factor and casts to its dtype), the VAE decoder.
+
+    With a guidance scale, `text` holds 2B rows, the unconditional ones first: the encoder and
+    decoders run on both halves at once and each decoder's output is guided before the
+    combination. The combination is linear, so this is exact classifier-free guidance of the pass.
     """
 
     def __init__(self, tiue_unet: TiUEUNet, vae: AutoencoderKL):
@@ -33,9 +37,14 @@ class OnePass(nn.Module):
         timestep_embeddings: torch.Tensor,
         coeffs: tuple[float, ...],
         decode: bool,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor:
-        features = self.tiue_unet.encode(latents, timesteps[0], text)
+        sample = latents if guidance_scale is None else torch.cat([latents, latents])
+        features = self.tiue_unet.encode(sample, timesteps[0], text)
         eps = self.tiue_unet.decode(features, timesteps, text, timestep_embeddings)
+        if guidance_scale is not None:
+            unconditional, conditional = eps.chunk(2, dim=1)  # (K, 2B, ...) -> two (K, B, ...)
+            eps = unconditional + guidance_scale * (conditional - unconditional)
         if not decode:
             return ops.ddim_combine(latents, eps, coeffs, scale=1.0, out_dtype=latents.dtype)
         scale = 1.0 / self.vae.config.scaling_factor

@@ -118,7 +118,7 @@ class FastPath:
     # -- running -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, latents, text, timesteps, coeffs, decode: bool) -> torch.Tensor:
+    def __call__(self, latents, text, timesteps, coeffs, decode: bool, guidance_scale: float | None = None) -> torch.Tensor:
         if self.graphs.use_cuda_graphs and self.graphs.check_fingerprint(self.weights_fingerprint()):
             self.stats.stale_drops += 1
             self._step_constants.clear()
@@ -132,10 +132,10 @@ class FastPath:
         coeffs = tuple(float(c) for c in coeffs)
         if self.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
-        key = GraphKey.of((latents, text), extra=(step_key, coeffs, decode))
+        key = GraphKey.of((latents, text), extra=(step_key, coeffs, decode, guidance_scale))
 
         def one_pass(latents, text):
-            return self._run(latents, text, timesteps, temb, coeffs, decode)
+            return self._run(latents, text, timesteps, temb, coeffs, decode, guidance_scale)
 
         first_time = key not in self._seen
         start = time.perf_counter()

@@ -146,9 +146,12 @@ class Kernel:
 class OpDispatcher:
     """The kernels of one op by backend, and the rule that picks one per call."""
 
-    def __init__(self, name: str, torch_fn: Callable[..., Any]):
+    def __init__(self, name: str, torch_fn: Callable[..., Any], auto_order: dict[str, tuple[str, ...]] | None = None):
+        """auto_order: this op's own preference per device type where it differs from AUTO_ORDER
+        (say, plain PyTorch on CUDA when the kernels measured slower there)."""
         self.name = name
         self._kernels: dict[str, Kernel] = {"torch": Kernel("torch", torch_fn)}
+        self.auto_order = {**AUTO_ORDER, **(auto_order or {})}
 
     def add(self, backend: str, fn: Callable[..., Any], rejects=None) -> None:
         if backend not in BACKENDS:
@@ -172,7 +175,7 @@ class OpDispatcher:
                 )
             candidates: tuple[str, ...] = (forced,)
         else:
-            candidates = AUTO_ORDER.get(device_type, ())
+            candidates = self.auto_order.get(device_type, ())
         for backend in candidates:
             kernel = self._kernels.get(backend)
             devices = backend_devices(backend)
@@ -226,7 +229,8 @@ def backend_info() -> dict[str, Any]:
     {"forced": TIUE_KERNELS or None,
      "backends": {"torch": "available", "cpp": "available (...)" | "unavailable: why", ...},
      "ops": {"ddim_combine": {"cpu": "cpp", "cuda": "triton"}, ...},
-     "implemented": {"ddim_combine": ["torch", "cpp", "cuda", "triton"], ...}}
+     "implemented": {"ddim_combine": ["torch", "cpp", "cuda", "triton"], ...},
+     "auto_order": {"ddim_combine": {"cpu": ["cpp"], "cuda": ["triton", "cuda"]}, ...}}
     A backend listed for an op may still hand a call it cannot take (say, float64 or more than
     128 keys) to plain PyTorch; `last_backend(op)` tells what the latest call used.
     """
@@ -247,4 +251,5 @@ def backend_info() -> dict[str, Any]:
             for name, d in _dispatchers.items()
         },
         "implemented": {name: list(d.backends) for name, d in _dispatchers.items()},
+        "auto_order": {name: {k: list(v) for k, v in d.auto_order.items()} for name, d in _dispatchers.items()},
     }

@@ -149,7 +149,7 @@ def shared_kv_attention_backward_sdpa(
     folded call are then already summed over the groups. The forward is recomputed to get the
     row log-sum-exp the fused backward needs (as flash attention's backward recomputes its
     blocks), so no (K, B, H, N, M) probability tensor is ever held: memory grows as SDPA's.
-    CPU: the flash-attention-for-CPU kernels; CUDA: the memory-efficient kernels (any dtype).
+    CPU: the flash-attention-for-CPU kernels; other devices: the einsum backward.
     """
     k_groups, batch, heads, tokens, head_dim = q.shape
 
@@ -164,13 +164,11 @@ def shared_kv_attention_backward_sdpa(
         grad_q, grad_k, grad_v = aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_f, q_f, k_c, v_c, out_f, lse, 0.0, False, scale=scale
         )
-    elif q.device.type == "cuda" and q.dtype != torch.float64:
-        out_f, lse, seed, offset = aten._scaled_dot_product_efficient_attention(q_f, k_c, v_c, None, True, scale=scale)
-        grad_q, grad_k, grad_v, _ = aten._scaled_dot_product_efficient_attention_backward(
-            grad_f, q_f, k_c, v_c, torch.empty(0, device=q.device, dtype=q.dtype), out_f, lse, seed, offset,
-            0.0, [True, True, True, False], False, scale=scale,
-        )
-    else:  # no fused kernel for this device and dtype
+    else:
+        # CUDA: the einsum backward. Measured on an H200 (SD2.1's 64x64 level, fp32) it takes
+        # 1.7 ms against 4.6 ms for SDPA's fused backward, for 137 MiB against 121 MiB; and this
+        # runs inside a custom op, below autograd, where SDPA's backward cannot be reached
+        # through autograd.grad.
         return shared_kv_attention_backward_reference(grad_out, q, k, v, out, scale)
     grad_q = grad_q.reshape(batch, heads, k_groups, tokens, head_dim).permute(2, 0, 1, 3, 4)
     return grad_q.contiguous(), grad_k.contiguous(), grad_v.contiguous()

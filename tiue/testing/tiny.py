@@ -14,6 +14,9 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from tiue.schedule import SD21_SCHEDULER_CONFIG
+from tiue.world.tokenizer import byte_level_alphabet
+
 __all__ = [
     "SD21_SCHEDULER_CONFIG",
     "build_tokenizer",
@@ -24,20 +27,6 @@ __all__ = [
     "save_tiny_pipeline",
     "randomize_zero_parameters",
 ]
-
-# The scheduler config Stable Diffusion 2.1-base ships (a PNDMScheduler config).
-SD21_SCHEDULER_CONFIG = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    num_train_timesteps=1000,
-    prediction_type="epsilon",
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-    trained_betas=None,
-)
 
 # UNet sizes by name: "tiny" for unit tests, "small" for CPU benchmarks (SD-shaped, 4 levels).
 UNET_SIZES = {
@@ -58,23 +47,6 @@ UNET_SIZES = {
         norm_num_groups=32,
     ),
 }
-
-
-def byte_level_alphabet() -> list[str]:
-    """The 256 printable characters byte-level BPE uses for the 256 byte values.
-
-    Printable Latin-1 bytes stand for themselves; the others are mapped, in order, to the
-    code points from 256 up, so every byte has a visible, non-whitespace character.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[byte] = chr(byte)
-        else:
-            chars[byte] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
 
 
 def build_tokenizer(directory: str | Path) -> CLIPTokenizer:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +48,6 @@ __all__ = [
     "remove_stale_temporaries",
     "rng_state",
     "restore_rng_state",
-    "PAUSE_ENV",
 ]
 
 _log = logging.getLogger("tiue.train")
@@ -58,7 +55,6 @@ _NAME = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "state.json"
 # Test hook: "STEP:SECONDS" pauses the write of checkpoint STEP halfway, so a test can kill
 # the process while a checkpoint is half-written.
-PAUSE_ENV = "TIUE_TEST_PAUSE_CHECKPOINT_WRITE"
 
 
 @dataclass
@@ -108,23 +104,12 @@ def write_checkpoint(directory: str | Path, step: int, contents: CheckpointConte
     with atomic_directory(path) as tmp:
         save_file(_contiguous(contents.student), tmp / "student.safetensors")
         save_file(_contiguous(contents.ema), tmp / "ema.safetensors")
-        _pause_for_tests(step, tmp)
         save_file(_contiguous(contents.lora), tmp / "lora.safetensors")
         torch.save(contents.optimizers, tmp / "optimizers.pt")
         (tmp / "rng.json").write_text(json.dumps(contents.rng))
         # state.json last: its presence marks the folder complete even without the rename.
         (tmp / STATE_FILE).write_text(json.dumps(contents.state, indent=1))
     return path
-
-
-def _pause_for_tests(step: int, tmp: Path) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    pause_step, seconds = spec.split(":")
-    if int(pause_step) == step:
-        (tmp / "PAUSED").touch()
-        time.sleep(float(seconds))
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> CheckpointContents:

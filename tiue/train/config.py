@@ -8,6 +8,7 @@ error names the flag, the value received and what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,44 @@ from typing import Any
 from tiue.schedule import TIMESTEP_SPACINGS
 
 __all__ = [
-    "TrainConfig", "load_yaml_config", "flag_name", "MIXED_PRECISIONS", "REPORT_TO", "NULL_PROMPT_SCOPES",
-    "LORA_INITS", "TIMESTEP_SPACINGS",
+    "TrainConfig", "load_yaml_config", "canonical_settings", "flag_name", "MIXED_PRECISIONS", "REPORT_TO",
+    "NULL_PROMPT_SCOPES", "LORA_INITS", "TIMESTEP_SPACINGS", "LR_SCHEDULERS", "EXAMPLE_ALIASES",
 ]
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
+REPORT_TO = ("none", "tensorboard", "wandb")
+# diffusers.optimization.get_scheduler's names that need no more than a warm-up and the run's length
+# (piecewise_constant needs step rules, which no flag gives).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # The LoRA loss's null prompt: one draw for the whole batch (the official script) or one per sample.
 NULL_PROMPT_SCOPES = ("batch", "sample")
 # "default": peft's init (A Kaiming-uniform, B zero; the official script); "gaussian": A ~ N(0, 1/r).
 LORA_INITS = ("default", "gaussian")
+
+# Settings of diffusers' training examples (train_text_to_image_lora.py, train_lcm_distill_sd_wds.py)
+# spelled differently here: a YAML config written for them reads the same. Names the two share
+# (output_dir, learning_rate, lr_scheduler, lr_warmup_steps, mixed_precision, seed, report_to, ...)
+# need no alias.
+EXAMPLE_ALIASES = {
+    "pretrained_model_name_or_path": "teacher",
+    "pretrained_teacher_model": "teacher",
+    "train_batch_size": "batch_size",
+    "max_train_steps": "max_steps",
+    "num_train_epochs": "epochs",
+    "checkpointing_steps": "checkpoint_every",
+    "checkpoints_total_limit": "keep_checkpoints",
+    "resume_from_checkpoint": "resume",
+    "validation_steps": "validate_every",
+    "validation_prompt": "validation_prompts",
+}
+# Example settings with no counterpart: the examples train on images, tiue on captions only.
+NOT_APPLICABLE = {
+    name: "has no counterpart here: tiue distils from captions only, no images; give captions "
+    "(a .txt or .jsonl file, or a folder of them)"
+    for name in ("train_data_dir", "dataset_name", "dataset_config_name", "train_shards_path_or_url")
+}
+# A variant names weight files (unet/diffusion_pytorch_model.fp16.safetensors), so no dots or slashes.
+_VARIANT = re.compile(r"[A-Za-z0-9_-]+")
 
 DEFAULT_VALIDATION_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -44,6 +73,8 @@ class TrainConfig:
     # What to distil, from what.
     teacher: str | None = None
     student: str | None = None  # default: the teacher's UNet weights
+    revision: str | None = None  # hub revision (branch, tag, commit) of the teacher and student
+    variant: str | None = None  # weight-file variant of the teacher and student, e.g. fp16
     captions: str | None = None
     caption_field: str | None = None  # .jsonl field, dotted for nesting; None = auto-detect
     output_dir: str = "runs/tiue"
@@ -63,6 +94,7 @@ class TrainConfig:
     learning_rate: float = 1e-6
     learning_rate_lora: float = 1e-3
     lr_warmup_steps: int = 0
+    lr_scheduler: str = "constant_with_warmup"  # both optimizers; with 0 warm-up steps, constant
     lora_rank: int = 64
     lora_alpha: float = 108.0
     lora_targets: tuple[str, ...] = ("to_q", "to_v")
@@ -83,6 +115,7 @@ class TrainConfig:
     half_precision_teacher: bool = False  # frozen UNet weights in the mixed dtype (official: fp32)
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit for both models
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     resume: str | None = None  # "latest" or a checkpoint folder
@@ -94,6 +127,10 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     device: str | None = None
+    push_to_hub: bool = False  # upload final/ when the run ends
+    hub_model_id: str | None = None  # default: the --output-dir folder's name
+    # Never written or shown: to_dict (checkpoints, final/, trackers) and repr leave it out.
+    hub_token: str | None = dataclasses.field(default=None, repr=False)
 
     # -- construction --------------------------------------------------------------------
 
@@ -102,22 +139,14 @@ class TrainConfig:
         """Defaults, then the YAML file's keys, then `overrides` (the flags given)."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
-            values.update(load_yaml_config(yaml_path))
-        values.update(overrides or {})
+            # Aliases resolved per source: a flag overrides a YAML key whichever name the key used.
+            values.update(canonical_settings(load_yaml_config(yaml_path), f"--config {yaml_path}"))
+        values.update(canonical_settings(overrides or {}, "the flags"))
         return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        normalised = {}
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(
-                    f"{flag_name(name)}: unknown setting {key!r}; accepted: "
-                    + ", ".join(sorted(known))
-                )
-            normalised[name] = value
+        normalised = canonical_settings(values, "the settings")
         for name in ("lora_targets", "validation_prompts"):
             if name in normalised:
                 normalised[name] = _as_string_tuple(name, normalised[name])
@@ -128,7 +157,12 @@ class TrainConfig:
         return cls(**normalised)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every setting but --hub-token: this is what checkpoints, final/ and trackers record."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "hub_token"}
+
+    def hub_repo_id(self) -> str:
+        """The repo --push-to-hub uploads to: --hub-model-id, else the output folder's name."""
+        return self.hub_model_id or Path(self.output_dir).resolve().name
 
     # -- checks --------------------------------------------------------------------------
 
@@ -164,11 +198,29 @@ class TrainConfig:
             _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         if self.overwrite and self.resume is not None:
             raise ValueError(f"{flag_name('overwrite')}: cannot be combined with {flag_name('resume')} {self.resume!r}; pick one")
-        for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32", "overwrite"):
+        for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32", "overwrite", "use_8bit_adam",
+                     "push_to_hub"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{flag_name(name)}: expected true or false, got {getattr(self, name)!r}")
         if self.report_to is not None:
             _check_choice("report_to", self.report_to, REPORT_TO)
+        _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps:
+            raise ValueError(
+                f"{flag_name('lr_warmup_steps')}: {self.lr_warmup_steps} has no effect with {flag_name('lr_scheduler')} "
+                "constant; use constant_with_warmup (or another schedule), or 0 warm-up steps"
+            )
+        for name in ("revision", "variant", "hub_model_id", "hub_token"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise TypeError(f"{flag_name(name)}: expected a non-empty string, got {value!r}")
+        if self.variant is not None and not _VARIANT.fullmatch(self.variant):
+            raise ValueError(
+                f"{flag_name('variant')}: expected a weight-file variant such as fp16, bf16 or non_ema (letters, "
+                f"digits, _ and -), got {self.variant!r}"
+            )
+        if self.push_to_hub:
+            _check_repo_id(self.hub_repo_id(), given=self.hub_model_id is not None)
         if not self.lora_targets:
             raise ValueError(f"{flag_name('lora_targets')}: expected at least one module name, got none")
         if self.lambda_clip > 0 and not self.clip_model:
@@ -196,6 +248,32 @@ class TrainConfig:
                 f"{num_processes} processes; use a multiple of {num_processes}"
             )
         return self.global_batch_size // num_processes
+
+
+def canonical_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` keyed by TrainConfig field names: dashes read as underscores, diffusers-example
+    names (EXAMPLE_ALIASES) as the field they stand for. A key naming no setting, or two keys
+    naming the same one (an alias and its field, say), is an error naming them."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    canonical: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in NOT_APPLICABLE:
+            raise ValueError(f"{source}: {key!r} (a setting of diffusers' training examples) {NOT_APPLICABLE[name]}")
+        field = EXAMPLE_ALIASES.get(name, name)
+        if field not in known:
+            raise ValueError(
+                f"{flag_name(name)}: unknown setting {key!r}; accepted: " + ", ".join(sorted(known))
+                + "; and, as in diffusers' training examples: " + ", ".join(sorted(EXAMPLE_ALIASES))
+            )
+        if field in canonical:
+            raise ValueError(
+                f"{flag_name(field)}: given twice in {source}, as {given_as[field]!r} and {key!r}; keep one"
+            )
+        canonical[field] = value
+        given_as[field] = str(key)
+    return canonical
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -248,6 +326,19 @@ def _check_number(name: str, value, lower: float, upper: float | None = None, lo
     if too_low or (upper is not None and value > upper):
         bound = f"{'>' if lower_open else '>='} {lower}" + (f" and <= {upper}" if upper is not None else "")
         raise ValueError(f"{flag_name(name)}: expected a number {bound}, got {value}")
+
+
+def _check_repo_id(repo_id: str, given: bool) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        where = "" if given else f" (the {flag_name('output_dir')} folder's name; set {flag_name('hub_model_id')})"
+        raise ValueError(
+            f"{flag_name('hub_model_id')}: expected NAME or OWNER/NAME (letters, digits, -, _ and ., at most 96, "
+            f"no -- or ..), got {repo_id!r}{where}"
+        ) from None
 
 
 def _check_choice(name: str, value, choices) -> None:

@@ -1,6 +1,6 @@
 """OUTPUT/final: a pipeline folder TiUEPipeline.from_pretrained loads, written atomically.
 
-    final/                 a plain Stable Diffusion pipeline folder (model_index.json, ...)
+    final/                 a TiUEPipeline folder (model_index.json, ...) with a README.md model card
     final/unet             the student's EMA weights (what users sample with)
     final/unet_raw         the student's raw weights, a UNet2DConditionModel folder
     final/lora             the fake-score LoRA adapter (diffusers/peft format)
@@ -42,25 +42,33 @@ def export_final(
     fake_score_unet,
     scheduler,
     summary: dict,
+    revision: str | None = None,
+    variant: str | None = None,
 ) -> Path:
+    """revision, variant: the teacher's, as the run loaded it (--revision, --variant)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from tiue.pipeline import TiUEPipeline
 
     from tiue.embedded import resolve_model
 
+    base_model = teacher
     teacher = resolve_model(teacher)
     output = Path(output)
     ema_unet = _unet_with(ema.state_dict(), student_unet.config)
+    revision_only = {"revision": revision} if revision is not None else {}
+    options = dict(revision_only, **({"variant": variant} if variant is not None else {}))
     pipe = TiUEPipeline(
-        vae=AutoencoderKL.from_pretrained(teacher, subfolder="vae"),
-        text_encoder=CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer"),
+        vae=AutoencoderKL.from_pretrained(teacher, subfolder="vae", **options),
+        text_encoder=CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder", **options),
+        tokenizer=CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer", **revision_only),
         unet=ema_unet,
         scheduler=scheduler,
     )
     with atomic_directory(output) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        card = dict(name=str(output), base_model=base_model, num_steps=summary.get("config", {}).get("num_steps", 4),
+                    training=summary)
+        pipe.save_pretrained(tmp, safe_serialization=True, model_card=card)
         student_unet.save_pretrained(tmp / "unet_raw", safe_serialization=True)
         fake_score_unet.save_lora_adapter(tmp / "lora", adapter_name=LORA_ADAPTER, safe_serialization=True)
         (tmp / "tiue_training.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")

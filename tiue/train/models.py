@@ -57,7 +57,12 @@ def _component_class(model: str, component: str) -> str | None:
     return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
 
 
-def _load_unet(model: str, flag: str) -> UNet2DConditionModel:
+def _options(revision: str | None, variant: str | None) -> dict[str, str]:
+    """from_pretrained's revision and variant, those given (--revision, --variant)."""
+    return {k: v for k, v in (("revision", revision), ("variant", variant)) if v is not None}
+
+
+def _load_unet(model: str, flag: str, **options) -> UNet2DConditionModel:
     named = _component_class(model, "unet")
     if named is not None and named != "UNet2DConditionModel":
         raise TypeError(
@@ -65,7 +70,7 @@ def _load_unet(model: str, flag: str) -> UNet2DConditionModel:
         )
     try:
         subfolder = "unet" if not (Path(model) / "config.json").is_file() else None
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder=subfolder)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder=subfolder, **options)
     except (OSError, ValueError, EnvironmentError) as error:
         raise ValueError(f"{flag}: cannot load a UNet from {model!r}: {str(error).splitlines()[0]}") from None
     try:
@@ -75,10 +80,14 @@ def _load_unet(model: str, flag: str) -> UNet2DConditionModel:
     return unet
 
 
-def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torch.dtype = torch.float32) -> TeacherParts:
+def load_teacher_parts(
+    teacher: str, weight_dtype: torch.dtype, unet_dtype: torch.dtype = torch.float32, *,
+    revision: str | None = None, variant: str | None = None,
+) -> TeacherParts:
     """Tokenizer, text encoder, VAE and UNet of an SD 1.x/2.x pipeline (hub id or folder),
     frozen: the text encoder in `weight_dtype`, the VAE in fp32, the UNet in `unet_dtype`; the
-    scheduler as a DDIMScheduler built from its config."""
+    scheduler as a DDIMScheduler built from its config. `revision` and `variant` go to every
+    from_pretrained (the tokenizer and scheduler have no weight files, so no variant)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from tiue.embedded import resolve_model
@@ -86,12 +95,15 @@ def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torc
     teacher = resolve_model(teacher)
     if not Path(teacher).exists() and teacher.startswith((".", "/")):
         raise ValueError(f"--teacher: no such folder: {teacher}")
-    unet = _load_unet(teacher, "--teacher")
+    options = _options(revision, variant)
+    unet = _load_unet(teacher, "--teacher", **options)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(teacher, subfolder="vae")
-        scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(teacher, subfolder="scheduler"))
+        tokenizer = CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer", **_options(revision, None))
+        text_encoder = CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder", **options)
+        vae = AutoencoderKL.from_pretrained(teacher, subfolder="vae", **options)
+        scheduler = DDIMScheduler.from_config(
+            DDIMScheduler.load_config(teacher, subfolder="scheduler", **_options(revision, None))
+        )
     except (OSError, ValueError) as error:
         raise ValueError(
             f"--teacher: {teacher!r} is not a Stable Diffusion pipeline (tokenizer, text_encoder, vae, "
@@ -105,11 +117,16 @@ def load_teacher_parts(teacher: str, weight_dtype: torch.dtype, unet_dtype: torc
     return TeacherParts(tokenizer, text_encoder, vae, unet, scheduler)
 
 
-def load_student(student: str | None, teacher_unet: UNet2DConditionModel, teacher: str) -> TiUEUNet:
+def load_student(
+    student: str | None, teacher_unet: UNet2DConditionModel, teacher: str, *,
+    revision: str | None = None, variant: str | None = None,
+) -> TiUEUNet:
     """The student: a TiUEUNet over an fp32 UNet from --student, or the teacher's weights."""
     from tiue.embedded import resolve_model
 
-    unet = _load_unet(resolve_model(student or teacher), "--student" if student else "--teacher")
+    unet = _load_unet(
+        resolve_model(student or teacher), "--student" if student else "--teacher", **_options(revision, variant)
+    )
     # Keys starting with "_" record where and with what a config was saved, not the architecture.
     differing = sorted(
         k for k in set(unet.config) | set(teacher_unet.config)

@@ -28,7 +28,7 @@ def render_validation_grid(
     The student's own weights are restored bit for bit afterwards. Seeds are fixed per prompt
     so grids of different steps are comparable.
     """
-    from tiue.cli.sample import make_grid
+    from tiue.images import make_grid
     from tiue.pipeline import TiUEPipeline
 
     pipe = TiUEPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=student_unet, scheduler=scheduler)

@@ -4,7 +4,7 @@ The trainer owns the run's state and its loop: data position, optimizer steps, E
 checks on every step. What it builds before the first step is tiue.train.setup, the losses
 tiue.train.step (formulas in tiue.train.losses), the joint optimizer step
 tiue.train.optimization, checkpoints tiue.train.checkpoint, the final folder
-tiue.train.export and validation grids tiue.train.previews.
+tiue.train.export (uploaded by --push-to-hub) and validation grids tiue.train.previews.
 
 Distribution, mixed precision and gradient accumulation go through accelerate: DDP across
 processes (gloo on CPU), `accelerate launch` and `torchrun` alike. Only the models are
@@ -15,7 +15,9 @@ tiue.train.optimization).
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,10 @@ from tiue.train.ema import EMA
 from tiue.train.monitoring import LossHistory, format_losses
 from tiue.train.optimization import ModelUpdate, apply_updates
 from tiue.train.randomness import draw_step
-from tiue.train.setup import build_models, build_optimizers, make_accelerator, mixed_dtype
+from tiue.train.setup import (
+    build_models, build_optimizers, check_optional_packages, load_options, make_accelerator, mixed_dtype,
+    prepare_hub_repo,
+)
 from tiue.train.signals import StopRequest
 from tiue.train.step import DistillationStep, StepLosses
 
@@ -49,13 +54,19 @@ class TrainResult:
     stopped_early: bool  # a signal asked the run to stop
     checkpoint: Path | None
     final: Path | None
+    hub_repo: str | None = None  # where --push-to-hub uploaded final/
 
 
 class Trainer:
-    """A distillation run. Everything that can be checked is checked before any compute."""
+    """A distillation run. Everything that can be checked is checked before any compute.
 
-    def __init__(self, config: TrainConfig):
+    hub: for --push-to-hub, an object with huggingface_hub.HfApi's create_repo and
+    upload_folder (default: HfApi(token=--hub-token)); a stand-in lets a test push offline.
+    """
+
+    def __init__(self, config: TrainConfig, hub=None):
         config.validate()
+        check_optional_packages(config)
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -63,6 +74,8 @@ class Trainer:
         self.captions = load_captions(config.captions, config.caption_field)
         self.accelerator, self.report_to = make_accelerator(config, self.output_dir)
         acc = self.accelerator
+        # The Hub first: a push that cannot happen stops the run before --overwrite deletes anything.
+        self.hub, self.hub_repo = prepare_hub_repo(config, acc, hub) if config.push_to_hub else (None, None)
         ckpt.claim_output_dir(self.output_dir, config, acc)
         self.device = acc.device
         self.batch_size = config.per_process_batch_size(acc.num_processes)
@@ -72,7 +85,6 @@ class Trainer:
         self.max_steps = config.max_steps or max(
             1, config.epochs * self.sampler.batches_per_epoch // config.gradient_accumulation_steps
         )
-        self._enable_fast_math()
         from accelerate.utils import set_seed
 
         set_seed(config.seed)
@@ -80,7 +92,9 @@ class Trainer:
         self.tokenizer, self.text_encoder, self.vae = models.tokenizer, models.text_encoder, models.vae
         self.scheduler, self.resolution, self.latent_shape = models.scheduler, models.resolution, models.latent_shape
         self.fake_score_unet, self.student_unet, self.lora_params = models.fake_score_unet, models.student_unet, models.lora_params
-        self.student_optimizer, self.lora_optimizer, self.student_lr, self.lora_lr = build_optimizers(config, models)
+        self.student_optimizer, self.lora_optimizer, self.student_lr, self.lora_lr = build_optimizers(
+            config, models, self.max_steps
+        )
         self._prepare()
 
         self.step = 0
@@ -93,14 +107,10 @@ class Trainer:
         self._rng_to_restore: dict | None = None
         if config.resume:
             ckpt.resume_run(self, config.resume)
+            for schedule in (self.student_lr, self.lora_lr):
+                _apply_schedule(schedule)
 
     # -- setup ---------------------------------------------------------------------------
-
-    def _enable_fast_math(self) -> None:
-        if self.config.allow_tf32 and self.device.type == "cuda":
-            if torch.cuda.get_device_capability(self.device)[0] >= 8:  # Ampere and newer
-                torch.backends.cuda.matmul.allow_tf32 = True
-                torch.backends.cudnn.allow_tf32 = True
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -145,12 +155,20 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        with tf32_matmuls(self.config.allow_tf32):
+            result = self._fit()
+        if result.final is not None and self.hub_repo is not None and self.accelerator.is_main_process:
+            self._push_final(result.final)
+            result.hub_repo = self.hub_repo
+        return result
+
+    def _fit(self) -> TrainResult:
         acc = self.accelerator
         config = self.config
         if acc.is_main_process:
             ckpt.remove_stale_temporaries(self.checkpoint_dir)
-            if self.report_to == "tensorboard":
-                acc.init_trackers("tiue-train", config=_tracker_config(config))
+            if self.report_to != "none":
+                acc.init_trackers("tiue-train", config=_tracker_config(config), init_kwargs=self._tracker_options())
         if self._rng_to_restore is not None:
             ckpt.restore_rng_state(self._rng_to_restore)
         progress = tqdm(
@@ -167,7 +185,7 @@ class Trainer:
                     self.batch_size * acc.num_processes * config.gradient_accumulation_steps
                 ) / (time.perf_counter() - started)
                 self.history.append(self.step, record)
-                if self.step % config.log_every == 0 and self.report_to == "tensorboard":
+                if self.step % config.log_every == 0 and self.report_to != "none":
                     acc.log(record, step=self.step)
                 progress.update(1)
                 progress.set_postfix(format_losses(record), refresh=False)
@@ -186,6 +204,12 @@ class Trainer:
             final = self._finish()
         acc.end_training()
         return TrainResult(step=self.step, stopped_early=stopped, checkpoint=self.last_checkpoint, final=final)
+
+    def _tracker_options(self) -> dict:
+        # wandb's files go with the run's other logs, unless WANDB_DIR says otherwise.
+        if self.report_to == "wandb" and "WANDB_DIR" not in os.environ:
+            return {"wandb": {"dir": str(self.output_dir)}}
+        return {}
 
     def _optimizer_step(self) -> dict[str, float]:
         """gradient_accumulation_steps micro-steps, then one joint step of both models."""
@@ -322,11 +346,47 @@ class Trainer:
                 fake_score_unet=self.fake_score_unet,
                 scheduler=self.scheduler,
                 summary={"step": self.step, "config": self.config.to_dict(), "nonfinite_total": self.nonfinite_total},
+                **load_options(self.config),  # the teacher's text encoder and VAE as the run loaded them
             )
         acc.wait_for_everyone()
         return final
 
+    def _push_final(self, final: Path) -> None:
+        """Upload final/ to the repo created at start-up (main process, after the trackers end)."""
+        try:
+            self.hub.upload_folder(
+                repo_id=self.hub_repo, folder_path=str(final),
+                commit_message=f"tiue train: final pipeline, step {self.step}",
+            )
+        except Exception as error:  # the run is done; say how to finish the upload by hand
+            raise OSError(
+                f"{flag_name('push_to_hub')}: uploading {final} to {self.hub_repo} failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); the pipeline is complete on disk: "
+                f"hf upload {self.hub_repo} {final} ."
+            ) from error
+        _log.info("pushed %s to the Hub repo %s", final, self.hub_repo)
+
+
+def _apply_schedule(schedule) -> None:
+    """The optimizer's lr as `schedule` gives it at the step it has reached. A checkpoint holds the
+    lr of its own run's schedule; a run resumed with another --max-steps (a decaying schedule's
+    end) must continue on its own, from its first step on."""
+    for group, base, factor in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+        group["lr"] = base * factor(schedule.last_epoch)
+
+
+@contextmanager
+def tf32_matmuls(allow: bool):
+    """--allow-tf32 (matmuls and cuDNN convolutions; only Ampere and newer GPUs have TF32) while
+    the run computes; the process's own settings come back afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
 
 def _tracker_config(config: TrainConfig) -> dict:
-    """Hyper-parameters as TensorBoard accepts them (numbers, strings, bools)."""
+    """Hyper-parameters as the trackers accept them (numbers, strings, bools); no --hub-token."""
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}

@@ -142,11 +142,10 @@ def _world(recipe) -> WorldConfig:
 def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, teacher_stage: StageCheckpoint) -> None:
     import shutil
 
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from tiue.data.shapes import vocabulary
-    from tiue.pipeline import TiUEPipeline
-    from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
+    from tiue.schedule import SD21_SCHEDULER_CONFIG
     from tiue.world.datasets import draw_training_set
     from tiue.world.teacher import TeacherSettings, train_teacher
     from tiue.world.text_encoder import build_world_text_encoder
@@ -165,12 +164,17 @@ def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, 
     unet, text_encoder = train_teacher(
         teacher_settings, data, vae, tokenizer, text_encoder, teacher_stage
     )
-    pipe = TiUEPipeline(
+    # A plain Stable Diffusion folder: the teacher is sampled step by step (and distilled), never
+    # loop-free, so its model_index names StableDiffusionPipeline, not TiUEPipeline.
+    pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(out / ".tokenizer-build", ignore_errors=True)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
+from tiue.schedule import SD21_SCHEDULER_CONFIG
 from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ExponentialMovingAverage, ProgressLog

@@ -12,12 +12,27 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from tiue.testing.tiny import byte_level_alphabet
-
-__all__ = ["build_world_tokenizer", "word_merges", "CONTEXT_LENGTH"]
+__all__ = ["build_world_tokenizer", "byte_level_alphabet", "word_merges", "CONTEXT_LENGTH"]
 
 CONTEXT_LENGTH = 16
 END_OF_WORD = "</w>"
+
+
+def byte_level_alphabet() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the 256 byte values.
+
+    Printable Latin-1 bytes stand for themselves; the others are mapped, in order, to the
+    code points from 256 up, so every byte has a visible, non-whitespace character.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
 
 
 def word_merges(word: str) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Argument checks for the sampler: each error names the argument, the value and what is accepted."""
+"""Checks of the pipeline's call arguments: each error names the argument, the value and what is accepted."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_call_arguments", "check_choice", "check_positive_int"]
+__all__ = ["check_call_arguments", "check_choice", "check_guidance", "check_positive_int"]
 
 
 def check_choice(name: str, value, choices: Sequence) -> None:
@@ -101,3 +101,32 @@ def check_call_arguments(
         if tuple(latents.shape) != expected:
             raise ValueError(f"latents: expected shape {expected}, got {tuple(latents.shape)}")
     return batch_size
+
+
+def check_guidance(guidance_scale, negative_prompt, negative_prompt_embeds, prompt_count: int, prompt_embeds) -> None:
+    """guidance_scale a finite number >= 0; at most one negative input, shaped like the prompts."""
+    import math
+
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise TypeError(f"guidance_scale: expected a number, got {type(guidance_scale).__name__} {guidance_scale!r:.80}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale: expected a finite number >= 0 (1 = no guidance), got {guidance_scale}")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("negative_prompt, negative_prompt_embeds: pass at most one of them, got both")
+    if negative_prompt is not None:
+        if isinstance(negative_prompt, str):
+            return
+        if not isinstance(negative_prompt, (list, tuple)) or not all(isinstance(p, str) for p in negative_prompt):
+            raise TypeError(f"negative_prompt: expected a string or a list of strings, got {negative_prompt!r:.80}")
+        if len(negative_prompt) != prompt_count:
+            raise ValueError(
+                f"negative_prompt: expected one per prompt ({prompt_count}), got a list of {len(negative_prompt)}"
+            )
+    if negative_prompt_embeds is not None:
+        if prompt_embeds is None:
+            raise ValueError("negative_prompt_embeds: pass it with prompt_embeds (use negative_prompt with prompt)")
+        if not isinstance(negative_prompt_embeds, torch.Tensor) or negative_prompt_embeds.shape != prompt_embeds.shape:
+            shape = tuple(negative_prompt_embeds.shape) if isinstance(negative_prompt_embeds, torch.Tensor) else type(negative_prompt_embeds).__name__
+            raise ValueError(
+                f"negative_prompt_embeds: expected the shape of prompt_embeds {tuple(prompt_embeds.shape)}, got {shape}"
+            )

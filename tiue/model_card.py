@@ -1,0 +1,90 @@
+"""The README.md model card every saved TiUE pipeline folder carries: YAML front matter the hub
+reads (library, base model, tags), how to load the folder, K, safety checking, and the training
+settings when the folder came from `tiue train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tiue.files import write_text_atomically
+
+__all__ = ["CARD_FILE", "SAFETY_NOTE", "model_card", "write_model_card"]
+
+CARD_FILE = "README.md"
+SAFETY_NOTE = (
+    "This folder has no safety checker, and TiUEPipeline runs none: unlike diffusers' "
+    "StableDiffusionPipeline it never blacks out images. Where outputs reach other people, filter "
+    "them yourself (for example with diffusers' StableDiffusionSafetyChecker on the decoded images)."
+)
+# The settings a reader needs to judge a student, in this order, when the training summary has them.
+_TRAINING_KEYS = (
+    "teacher", "num_steps", "timestep_spacing", "lambda_kl", "guidance_scale", "learning_rate",
+    "learning_rate_lora", "lora_rank", "lora_alpha", "ema_decay", "batch_size", "max_steps",
+    "mixed_precision", "seed",
+)
+
+
+def model_card(
+    *,
+    name: str,
+    base_model: str | None = None,
+    num_steps: int = 4,
+    timestep_spacing: str | None = None,
+    training: dict | None = None,
+) -> str:
+    """The card's text. `training` is tiue_training.json's content (its "config" and "step")."""
+    front = ["---", "library_name: diffusers", "pipeline_tag: text-to-image"]
+    if base_model:
+        front.append(f"base_model: {_yaml_string(base_model)}")
+    front += ["tags:", "- tiue", "- text-to-image", "- stable-diffusion", "- distillation", "- one-step", "---"]
+    spacing = f' ("{timestep_spacing}" timestep spacing, recorded in scheduler/)' if timestep_spacing else ""
+    lines = [
+        *front,
+        "",
+        f"# {name}",
+        "",
+        "A Stable Diffusion student distilled with TiUE (Time-independent Unified Encoder): it samples in",
+        f"one pass, running the UNet encoder once and K = {num_steps} decoder steps as one batch{spacing}.",
+        "",
+        "## Load it with tiue",
+        "",
+        "```python",
+        "import tiue",
+        "",
+        f'pipe = tiue.TiUEPipeline.from_pretrained("{name}")',
+        f'images = pipe("a photo of a cat", num_inference_steps={num_steps}).images',
+        "```",
+        "",
+        f'or `tiue sample --model {name} --prompt "a photo of a cat" --steps {num_steps}`.',
+        "",
+        "`model_index.json` names `TiUEPipeline`, so diffusers' `DiffusionPipeline.from_pretrained` refuses",
+        "the folder instead of sampling it with an ordinary multi-step scheduler.",
+        "`StableDiffusionPipeline.from_pretrained` still loads its components, but samples them the ordinary",
+        "way, which is not what this student was trained for.",
+        "",
+        "Distilled students are trained without classifier-free guidance: sample with the default",
+        "`guidance_scale=1`.",
+        "",
+        "## Safety checking",
+        "",
+        SAFETY_NOTE,
+    ]
+    config = (training or {}).get("config", {})
+    rows = [(key, config[key]) for key in _TRAINING_KEYS if key in config]
+    if rows:
+        lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in rows]
+        if "step" in (training or {}):
+            lines.append(f"| steps trained | {training['step']} |")
+        lines += ["", "Every setting of the run is in `tiue_training.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(folder: str | Path, **card) -> Path:
+    path = Path(folder) / CARD_FILE
+    write_text_atomically(path, model_card(**card))
+    return path
+
+
+def _yaml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
