@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import _write_atomically, device_name, git_revision, report_stem  # noqa: E402
 
-from tiue.ops.reference import shared_kv_attention_backward_reference, shared_kv_attention_backward_sdpa  # noqa: E402
+from tiue.ops.shared_kv_attention import (  # noqa: E402
+    shared_kv_attention_backward_einsum,
+    shared_kv_attention_backward_sdpa,
+)
 from tiue.testing.memory import PeakMemory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +37,7 @@ SHAPES = [
     ("small 16x16 latents", 4, 2, 4, 256, 77, 32),
     ("SD2.1 64x64 level, batch 1", 4, 1, 5, 4096, 77, 64),
 ]
-VARIANTS = {"einsum (before)": shared_kv_attention_backward_reference, "sdpa (now)": shared_kv_attention_backward_sdpa}
+VARIANTS = {"einsum (before)": shared_kv_attention_backward_einsum, "sdpa (now)": shared_kv_attention_backward_sdpa}
 
 
 def _inputs(device, k_groups, batch, heads, tokens, keys, head_dim):
@@ -77,7 +80,7 @@ def test_attention_backward_time_and_memory():
     rows = []
     for name, *shape in SHAPES:
         args = _inputs(device, *shape)
-        reference = shared_kv_attention_backward_reference(*args)
+        reference = shared_kv_attention_backward_einsum(*args)
         for variant, fn in VARIANTS.items():
             grads = fn(*args)
             for got, expected in zip(grads, reference):

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Report, summarize  # noqa: E402
 
 import tiue.ops  # noqa: E402
-from tiue.ops.reference import ddim_combine_reference, gaussian_kl_stats_reference  # noqa: E402
+from tiue.ops.ddim_combine import ddim_combine_torch  # noqa: E402
+from tiue.ops.gaussian_kl import gaussian_kl_stats_torch  # noqa: E402
 
 try:  # the plain runner at the bottom works without pytest
     import pytest
@@ -68,11 +69,11 @@ class Case:
 
 
 def _eager_ddim(noise, eps):
-    return ddim_combine_reference(noise, eps, COEFFS, SCALE, noise.dtype)
+    return ddim_combine_torch(noise, eps, COEFFS, SCALE, noise.dtype)
 
 
 def _eager_kl(x):
-    return gaussian_kl_stats_reference(x)[0]
+    return gaussian_kl_stats_torch(x)[0]
 
 
 def _eager_attention(q, k, v):

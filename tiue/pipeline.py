@@ -11,19 +11,32 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tiue.embedded import resolve_model
-from tiue.fast import FastPath, FastPathStats, OnePass, load_weights_in_place
-from tiue.schedule import TIMESTEP_SPACINGS, as_ddim_scheduler, ddim_timesteps, loopfree_coefficients
-from tiue.files import write_text_atomically
-from tiue.model_card import write_model_card
-from tiue.unet import TiUEUNet
 from tiue.arguments import check_call_arguments, check_guidance
+from tiue.embedded import resolve_model
+from tiue.fast import FastPath, FastPathStats, load_weights_in_place
+from tiue.files import write_text_atomically
+from tiue.latents import vae_scale_factor
+from tiue.loopfree import OnePass
+from tiue.model_card import write_model_card
+from tiue.schedule import (
+    TIMESTEP_SPACINGS,
+    as_ddim_scheduler,
+    ddim_timesteps,
+    loopfree_coefficients,
+)
+from tiue.text import encode_prompt_embeddings
+from tiue.unet import TiUEUNet
 
 _log = logging.getLogger("tiue.pipeline")
 PIPELINE_CLASS_NAME = "TiUEPipeline"  # what a saved folder's model_index.json names
@@ -38,20 +51,6 @@ __all__ = [
     "encode_prompt_embeddings",
 ]
 
-
-@torch.no_grad()
-def encode_prompt_embeddings(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> torch.Tensor:
-    """(len(prompts), L, D) text embeddings in one text-encoder call, padded to the tokenizer's
-    maximum length as SD's pipelines do (with the attention mask when the encoder asks for it).
-    The one text-encoding path of the sampler and the trainer."""
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    attention_mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        attention_mask = tokens.attention_mask.to(device)
-    embeds = text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
-    return embeds.to(dtype=text_encoder.dtype, device=device)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODES = ("loopfree", "loop")
@@ -111,7 +110,7 @@ class TiUEPipeline(DiffusionPipeline):
             unet=unet,
             scheduler=as_ddim_scheduler(scheduler),
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(self.vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._tiue_unet: TiUEUNet | None = None
         self._fast_path: FastPath | None = None
@@ -245,7 +244,8 @@ class TiUEPipeline(DiffusionPipeline):
             )
         self.disable_fast_path()
         self._fast_path = FastPath(
-            self,
+            self.tiue_unet,
+            self.vae,
             compile=compile,
             cuda_graphs=cuda_graphs,
             fuse_qkv=fuse_qkv,

@@ -73,9 +73,11 @@ _TRITON_AOT_SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
 
     from tiue.kernels.ddim_combine import ddim_combine_kernel
-    from tiue.kernels.gaussian_kl_backward import gaussian_kl_backward_kernel
-    from tiue.kernels.gaussian_kl_finalize import gaussian_kl_finalize_kernel
-    from tiue.kernels.gaussian_kl_partial_stats import gaussian_kl_partial_stats_kernel
+    from tiue.kernels.gaussian_kl import (
+        gaussian_kl_backward_kernel,
+        gaussian_kl_finalize_kernel,
+        gaussian_kl_partial_stats_kernel,
+    )
     from tiue.kernels.shared_kv_attention import shared_kv_attention_kernel
 
     TARGET = GPUTarget("cuda", 90, 32)
@@ -139,7 +141,7 @@ _TRITON_ATTENTION_RESOURCES_SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
 
     from tiue.kernels.shared_kv_attention import launch_config, shared_kv_attention_kernel
-    from tiue.ops.triton_backend import SM90_SHARED_MEMORY_BYTES, attention_rejection
+    from tiue.ops.shared_kv_attention import SM90_SHARED_MEMORY_BYTES, attention_rejection
 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     for head_dim in (64, 160):  # SD2.x and SD1.x

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 import tiue.ops
-from tiue.ops.reference import ddim_combine_reference
+from tiue.ops.ddim_combine import ddim_combine_torch
 
 from .support import DTYPES, assert_close, device_for, randn
 
 
 def _reference(noise, eps, coeffs, scale):
-    return ddim_combine_reference(noise.double(), eps.double(), coeffs, scale, torch.float64)
+    return ddim_combine_torch(noise.double(), eps.double(), coeffs, scale, torch.float64)
 
 
 def _coeffs(k):

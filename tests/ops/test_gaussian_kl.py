@@ -4,13 +4,13 @@ import pytest
 import torch
 
 import tiue.ops
-from tiue.ops.reference import gaussian_kl_backward_reference, gaussian_kl_stats_reference
+from tiue.ops.gaussian_kl import gaussian_kl_backward_torch, gaussian_kl_stats_torch
 
 from .support import DTYPES, assert_close, device_for, randn
 
 
 def _stats64(x):
-    return gaussian_kl_stats_reference(x.detach().double())
+    return gaussian_kl_stats_torch(x.detach().double())
 
 
 SHAPES = {
@@ -68,7 +68,7 @@ def test_backward_matches_float64_reference(backend, dtype):
     assert x.grad.dtype == dtype and x.grad.shape == x.shape
 
     x64 = x.detach().double().requires_grad_()
-    torch.autograd.backward(gaussian_kl_stats_reference(x64), [u.double() for u in upstream])
+    torch.autograd.backward(gaussian_kl_stats_torch(x64), [u.double() for u in upstream])
     assert_close(x.grad, x64.grad, dtype, "backward")
 
 
@@ -77,7 +77,7 @@ def test_backward_with_broadcast_gradient(backend):
     x = randn(4, 2, 6, 5, device=device_for(backend)).requires_grad_()
     tiue.ops.gaussian_kl(x).sum().backward()
     x64 = x.detach().double().requires_grad_()
-    gaussian_kl_stats_reference(x64)[0].sum().backward()
+    gaussian_kl_stats_torch(x64)[0].sum().backward()
     assert_close(x.grad, x64.grad, torch.float32, "backward")
 
 
@@ -91,7 +91,7 @@ def test_triton_split_reduction_matches_reference(monkeypatch):
     # The launcher splits samples into chunks on a GPU; force the split on the interpreter.
     if tiue.ops.dispatch.unavailable_reason("triton") is not None:
         pytest.skip("triton backend unavailable")
-    from tiue.kernels.gaussian_kl_forward import gaussian_kl_forward
+    from tiue.kernels.gaussian_kl import gaussian_kl_forward
 
     x = (randn(3, 5000) * 3.0 + 50.0).to(device_for("triton"))
     for chunks in (2, 3, 5):
@@ -104,17 +104,17 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.tiue.gaussian_kl.default, (x,))
     torch.library.opcheck(torch.ops.tiue.gaussian_kl_stats.default, (x,))
     torch.library.opcheck(torch.ops.tiue.gaussian_kl_stats.default, (x.clone().requires_grad_(),))
-    _, mean, var = gaussian_kl_stats_reference(x)
+    _, mean, var = gaussian_kl_stats_torch(x)
     grads = [randn(4, seed=s) for s in (1, 2, 3)]
     torch.library.opcheck(torch.ops.tiue.gaussian_kl_backward.default, (x, mean, var, *grads))
 
 
 def test_backward_reference_is_the_autograd_gradient():
     x = randn(3, 4, 5, dtype=torch.float64).requires_grad_()
-    kl, mean, var = gaussian_kl_stats_reference(x)
+    kl, mean, var = gaussian_kl_stats_torch(x)
     grads = [randn(3, dtype=torch.float64, seed=s) for s in (1, 2, 3)]
     (expected,) = torch.autograd.grad((kl, mean, var), x, grads)
-    actual = gaussian_kl_backward_reference(x.detach(), mean.detach(), var.detach(), *grads)
+    actual = gaussian_kl_backward_torch(x.detach(), mean.detach(), var.detach(), *grads)
     torch.testing.assert_close(actual, expected)
 
 

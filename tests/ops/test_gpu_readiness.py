@@ -15,7 +15,7 @@ import torch
 
 from tiue.devices import process_device
 from tiue.ops import dispatch
-from tiue.ops.triton_backend import SM90_SHARED_MEMORY_BYTES, attention_rejection
+from tiue.ops.shared_kv_attention import SM90_SHARED_MEMORY_BYTES, attention_rejection
 from tiue.testing.environment import use_triton_interpreter_without_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,13 +151,15 @@ def test_cuda_defaults_follow_the_h200_measurements(monkeypatch):
     """With every backend live (as on a GPU machine with a build), CUDA tensors take the Triton
     ddim_combine (faster than eager there) but SDPA and plain PyTorch for attention and the KL
     (the kernels measured slower); forcing a backend still selects the kernel."""
-    from tiue.ops import library
+    from tiue.ops.ddim_combine import DISPATCHER as ddim_combine
+    from tiue.ops.gaussian_kl import STATS_DISPATCHER as gaussian_kl_stats
+    from tiue.ops.shared_kv_attention import DISPATCHER as shared_kv_attention
 
     monkeypatch.setattr(dispatch, "unavailable_reason", lambda backend: None)
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
-    assert library._ddim_combine.choose("cuda").backend == "triton"
-    assert library._shared_kv_attention.choose("cuda").backend == "torch"
-    assert library._gaussian_kl_stats.choose("cuda").backend == "torch"
-    assert library._shared_kv_attention.choose("cpu").backend == "torch"  # no CPU kernel
+    assert ddim_combine.choose("cuda").backend == "triton"
+    assert shared_kv_attention.choose("cuda").backend == "torch"
+    assert gaussian_kl_stats.choose("cuda").backend == "torch"
+    assert shared_kv_attention.choose("cpu").backend == "torch"  # no CPU kernel
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
-    assert library._shared_kv_attention.choose("cuda").backend == "triton"
+    assert shared_kv_attention.choose("cuda").backend == "triton"

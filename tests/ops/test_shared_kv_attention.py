@@ -4,12 +4,13 @@ import pytest
 import torch
 
 import tiue.ops
-from tiue.ops.layout import attention_output_layout
-from tiue.ops.reference import (
-    shared_kv_attention_reference,
+from tiue.ops.shared_kv_attention import (
+    attention_output_layout,
+    shared_kv_attention_backward_einsum,
     shared_kv_attention_sdpa,
 )
 
+from .oracles import shared_kv_attention_einsum
 from .support import DTYPES, assert_close, device_for, force_backend, randn
 
 
@@ -27,7 +28,7 @@ def _inputs(k_groups, batch, heads, tokens, keys, head_dim, dtype=torch.float32,
 
 
 def _reference(q, k, v, scale=None):
-    return shared_kv_attention_reference(q.double(), k.double(), v.double(), scale)
+    return shared_kv_attention_einsum(q.double(), k.double(), v.double(), scale)
 
 
 def _expected_strides(q):
@@ -109,6 +110,17 @@ def test_backward_matches_float64_reference(backend, dtype):
     for actual, expected in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
         assert actual.dtype == dtype
         assert_close(actual, expected, dtype, "backward")
+
+
+def test_cuda_einsum_backward_matches_float64_reference():
+    """The plain PyTorch backward of CUDA tensors, checked here on CPU tensors."""
+    q, k, v = _inputs(2, 2, 2, 12, 9, 16)
+    upstream = randn(2, 2, 2, 12, 16, seed=3)
+    grads = shared_kv_attention_backward_einsum(upstream, q, k, v, shared_kv_attention_sdpa(q, k, v))
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    _reference(q64, k64, v64).backward(upstream.double())
+    for actual, expected in zip(grads, (q64.grad, k64.grad, v64.grad)):
+        assert_close(actual, expected, torch.float32, "backward")
 
 
 def test_gradcheck_float64():

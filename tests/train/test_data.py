@@ -111,7 +111,7 @@ def test_config_errors_name_the_flag(changes, error, match):
     values = dict(teacher="t", captions="c.txt")
     values.update(changes)
     with pytest.raises(error, match=match):
-        TrainConfig(**values).validate()
+        TrainConfig(**values).check()
 
 
 def test_global_batch_must_divide_across_processes():

@@ -180,13 +180,13 @@ def test_every_schedule_warms_up_linearly_then_follows_its_shape(name):
 
 def test_a_bad_schedule_name_or_a_warmup_it_ignores_is_refused(make_config, capsys):
     with pytest.raises(ValueError) as error:
-        make_config(lr_scheduler="cosine_annealing").validate()
+        make_config(lr_scheduler="cosine_annealing").check()
     assert str(error.value) == (
         "--lr-scheduler: expected one of constant, constant_with_warmup, linear, cosine, cosine_with_restarts, "
         "polynomial, got 'cosine_annealing'"
     )
     with pytest.raises(ValueError, match="--lr-warmup-steps: 5 has no effect with --lr-scheduler constant"):
-        make_config(lr_scheduler="constant", lr_warmup_steps=5).validate()
+        make_config(lr_scheduler="constant", lr_warmup_steps=5).check()
     with pytest.raises(SystemExit):
         main(["train", "--lr-scheduler", "cosine_annealing"])
     err = capsys.readouterr().err
@@ -242,7 +242,7 @@ def test_push_to_hub_failures_are_reported_at_start_or_leave_final_on_disk(make_
         Trainer(make_config(push_to_hub=True, hub_model_id="me/x", teacher=NO_TEACHER),
                 hub=LocalHub(tmp_path, fail="create_repo"))
     with pytest.raises(ValueError, match="--hub-model-id: expected NAME or OWNER/NAME .*, got 'me/x/y'"):
-        make_config(push_to_hub=True, hub_model_id="me/x/y").validate()
+        make_config(push_to_hub=True, hub_model_id="me/x/y").check()
 
     trainer = Trainer(make_config(max_steps=1, push_to_hub=True, hub_model_id="me/x"),
                       hub=LocalHub(tmp_path, fail="upload_folder"))
@@ -300,7 +300,7 @@ def test_revision_of_a_local_teacher_and_a_bad_variant_are_refused(make_config):
                                          "local folder"):
         Trainer(make_config(revision="v1.0"))
     with pytest.raises(ValueError, match="--variant: expected a weight-file variant such as fp16, .* got 'fp16.bin'"):
-        make_config(variant="fp16.bin").validate()
+        make_config(variant="fp16.bin").check()
 
 
 # -- --allow-tf32 ------------------------------------------------------------------------------

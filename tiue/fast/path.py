@@ -10,7 +10,7 @@ import torch
 
 from tiue.fast.fusion import fuse_projections, unfuse_projections
 from tiue.fast.graphs import GraphCache, GraphKey
-from tiue.fast.one_pass import OnePass
+from tiue.loopfree import OnePass
 
 __all__ = ["FastPath", "FastPathStats", "check_compile_mode"]
 
@@ -42,10 +42,12 @@ class FastPathStats:
 
 
 class FastPath:
-    """Applies the fast-path settings to a pipeline's models and runs the one pass.
+    """Applies the fast-path settings to a TiUE UNet and a VAE and runs the one pass on them.
 
     Args:
-        pipe: the TiUEPipeline whose unet and vae are changed in place (undone by `remove`).
+        tiue_unet: the loop-free view of the UNet; its UNet and `vae` are changed in place
+            (fused projections, memory format; undone by `remove`).
+        vae: the VAE that decodes.
         compile: torch.compile the one pass with fullgraph=True (no graph breaks).
         cuda_graphs: capture one CUDA graph per input signature; None means "on CUDA, yes".
         fuse_qkv: fuse attention q/k/v projections (k/v for cross-attention).
@@ -54,26 +56,29 @@ class FastPath:
             that capture graphs of their own ("reduce-overhead", "max-autotune") are refused.
     """
 
-    def __init__(self, pipe, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None):
+    def __init__(
+        self, tiue_unet, vae, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None
+    ):
         from tiue.attention import TiUECrossAttnProcessor
 
-        device = pipe.unet.device
+        unet = tiue_unet.unet
+        device = unet.device
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
         check_compile_mode(compile_mode, cuda_graphs)
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs: True needs the pipeline on a CUDA device, it is on {device}")
-        self.pipe = pipe
+        self.tiue_unet, self.unet, self.vae = tiue_unet, unet, vae
         self.stats = FastPathStats()
         self.channels_last = channels_last
         self._fused: dict = {}
         if fuse_qkv:
-            for model in (pipe.unet, pipe.vae):
+            for model in (unet, vae):
                 self._fused.update(fuse_projections(model, keep=(TiUECrossAttnProcessor,)))
         if channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
-        self.one_pass = OnePass(pipe.tiue_unet, pipe.vae)
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
+        self.one_pass = OnePass(tiue_unet, vae)
         self._run = (
             torch.compile(self.one_pass, fullgraph=True, dynamic=False, mode=compile_mode)
             if compile
@@ -96,7 +101,7 @@ class FastPath:
         if key not in self._step_constants:
             steps = torch.tensor(timesteps, device=device)
             with torch.no_grad():
-                emb = self.pipe.tiue_unet.time_embedding(steps, dtype)
+                emb = self.tiue_unet.time_embedding(steps, dtype)
             self._step_constants[key] = (steps, emb)
         return self._step_constants[key]
 
@@ -104,14 +109,14 @@ class FastPath:
     def refresh_timestep_embeddings(self) -> None:
         """Recompute cached embeddings in place after new weights (graphs hold their storage)."""
         for (_, dtype, _), (steps, emb) in self._step_constants.items():
-            emb.copy_(self.pipe.tiue_unet.time_embedding(steps, dtype))
+            emb.copy_(self.tiue_unet.time_embedding(steps, dtype))
 
     def weights_fingerprint(self) -> tuple:
         """Where every UNet and VAE parameter and buffer lives, and how it is laid out: what a
         captured graph has baked in. About a microsecond per tensor, once per call."""
         return tuple(
             (t.data_ptr(), t.stride())
-            for model in (self.pipe.unet, self.pipe.vae)
+            for model in (self.unet, self.vae)
             for t in (*model.parameters(), *model.buffers())
         )
 
@@ -128,7 +133,7 @@ class FastPath:
                 "(.to(), offload, a LoRA fuse or a memory-format change); recapturing"
             )
         step_key = _as_key(timesteps)
-        timesteps, temb = self.step_constants(step_key, latents.dtype, self.pipe.unet.device)
+        timesteps, temb = self.step_constants(step_key, latents.dtype, self.unet.device)
         coeffs = tuple(float(c) for c in coeffs)
         if self.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
@@ -160,11 +165,11 @@ class FastPath:
 
     def remove(self) -> None:
         """Undo fusion and channels_last; drop compiled code and graphs."""
-        unfuse_projections(self.pipe.unet, self._fused)
-        unfuse_projections(self.pipe.vae, self._fused)
+        unfuse_projections(self.unet, self._fused)
+        unfuse_projections(self.vae, self._fused)
         if self.channels_last:
-            self.pipe.unet.to(memory_format=torch.contiguous_format)
-            self.pipe.vae.to(memory_format=torch.contiguous_format)
+            self.unet.to(memory_format=torch.contiguous_format)
+            self.vae.to(memory_format=torch.contiguous_format)
         self.graphs.clear()
         self._step_constants.clear()
 

@@ -1,4 +1,4 @@
-"""Triton kernels of tiue, one kernel per module.
+"""Triton kernels of tiue, one module per op (its kernels and their launchers).
 
 Importing this package imports nothing else: each kernel module imports triton itself, so the
 modules are loaded lazily by `tiue.ops` and only where Triton can run (a CUDA device, or

@@ -6,11 +6,17 @@ Backends: "torch" (plain PyTorch, always there), "cpp" (tiue._C on CPU tensors),
 extension, CPU tensors the C++ kernels, and anything a backend cannot take (a dtype, a shape,
 a missing build) goes to plain PyTorch. TIUE_KERNELS=<backend> uses that backend wherever it
 implements the op and plain PyTorch elsewhere, and fails loudly if the backend is unavailable.
+
+Each op module (tiue/ops/<op>.py) builds its OpDispatcher here and registers it, so that
+backend_info() can list it; the helpers at the end route its custom op through the dispatcher
+and load its Triton kernel module lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import importlib.util
 import logging
 import os
@@ -30,7 +36,11 @@ __all__ = [
     "OpDispatcher",
     "backend_info",
     "forced_backend",
+    "kernel_module",
     "last_backend",
+    "on_device_of",
+    "register_device_kernels",
+    "register_dispatcher",
     "unavailable_reason",
 ]
 
@@ -212,10 +222,32 @@ class OpDispatcher:
 
 _dispatchers: dict[str, OpDispatcher] = {}
 
+# Device types whose calls go through a dispatcher; other devices run the op's default (torch).
+KERNEL_DEVICES = ("cpu", "cuda")
+
 
 def register_dispatcher(dispatcher: OpDispatcher) -> OpDispatcher:
     _dispatchers[dispatcher.name] = dispatcher
     return dispatcher
+
+
+def register_device_kernels(op, kernel: Callable[..., Any]) -> None:
+    """Route a custom op's calls on every KERNEL_DEVICES tensor through `kernel`."""
+    for device in KERNEL_DEVICES:
+        op.register_kernel(device)(kernel)
+
+
+def kernel_module(name: str):
+    """tiue.kernels.<name>, imported on first use so that importing tiue.ops never imports triton
+    (a dispatcher asks a Triton adapter or its rejects only once the backend is available)."""
+    return importlib.import_module(f"tiue.kernels.{name}")
+
+
+def on_device_of(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def last_backend(op: str) -> str | None:

@@ -1,7 +1,7 @@
 """TrainConfig: every setting of a distillation run, from defaults, a YAML file and flags.
 
 Precedence is defaults < YAML < command-line flags. Defaults follow the official recipe (docs/training.md, the
-paper's setup). `validate()` checks what can be checked before any model is loaded; each
+paper's setup). `check()` checks what can be checked before any model is loaded; each
 error names the flag, the value received and what is accepted.
 """
 
@@ -166,7 +166,7 @@ class TrainConfig:
 
     # -- checks --------------------------------------------------------------------------
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raise ValueError/TypeError naming the flag for anything wrong on its face."""
         for name in ("teacher", "captions"):
             if not getattr(self, name):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
+from tiue.latents import vae_scale_factor
 from tiue.train.config import TrainConfig, flag_name
 from tiue.train.models import add_fake_score_lora, load_student, load_teacher_parts
 from tiue.train.monitoring import resolve_report_to
@@ -139,7 +140,7 @@ def build_models(config: TrainConfig, device: torch.device, weight_dtype: torch.
     if config.timestep_spacing is not None:
         # Written into the exported scheduler config, so the student samples as it was trained.
         scheduler = DDIMScheduler.from_config(scheduler.config, timestep_spacing=config.timestep_spacing)
-    vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(parts.vae)
     resolution = config.resolution or parts.unet.config.sample_size * vae_factor
     if resolution % vae_factor:
         raise ValueError(

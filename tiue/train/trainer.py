@@ -65,7 +65,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, hub=None):
-        config.validate()
+        config.check()
         check_optional_packages(config)
         self.config = config
         self.output_dir = Path(config.output_dir)
@@ -148,7 +148,7 @@ class Trainer:
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings of a batch of prompts: one text-encoder call."""
-        from tiue.pipeline import encode_prompt_embeddings
+        from tiue.text import encode_prompt_embeddings
 
         return encode_prompt_embeddings(self.tokenizer, self.text_encoder, prompts, self.device)
 
@@ -190,7 +190,7 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(format_losses(record), refresh=False)
                 if config.validate_every and self.step % config.validate_every == 0:
-                    self.validate()
+                    self.write_previews()
                 stopped = self._any_process(stop.requested)
                 if stopped or self.step % config.checkpoint_every == 0 or self.step == self.max_steps:
                     self.save_checkpoint()
@@ -319,7 +319,7 @@ class Trainer:
         self.last_checkpoint = ckpt.save_run(self)
         return self.last_checkpoint
 
-    def validate(self) -> Path | None:
+    def write_previews(self) -> Path | None:
         """Write a grid sampled from the EMA student (main process; the others wait)."""
         from tiue.train.previews import write_validation_grid
 

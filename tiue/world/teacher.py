@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from tiue.schedule import SD21_SCHEDULER_CONFIG
+from tiue.text import embed_tokens, tokenize_prompts
 from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ExponentialMovingAverage, ProgressLog
@@ -82,8 +83,7 @@ def train_teacher(
     unet = build_teacher_unet(settings, latent_size, text_encoder.config.hidden_size).train()
     text_encoder.train()
     noise_schedule = DDPMScheduler.from_config(SD21_SCHEDULER_CONFIG)
-    tokens = tokenizer(data.captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    null_tokens = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    tokens, null_tokens = tokenize_prompts(tokenizer, data.captions), tokenize_prompts(tokenizer, [""])
 
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
@@ -100,10 +100,10 @@ def train_teacher(
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (settings.batch_size,), generator=generator)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        batch_tokens = tokens[index].clone()
+        batch_ids, batch_mask = tokens.input_ids[index].clone(), tokens.attention_mask[index].clone()
         dropped = torch.rand(settings.batch_size, generator=generator) < settings.caption_dropout
-        batch_tokens[dropped] = null_tokens
-        text = text_encoder(batch_tokens)[0]
+        batch_ids[dropped], batch_mask[dropped] = null_tokens.input_ids, null_tokens.attention_mask
+        text = embed_tokens(text_encoder, batch_ids, batch_mask, batch_ids.device)
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,7 @@
-"""The whole loop-free sample after the text encoder, as one module: what gets compiled and
-captured. Eager sampling runs the same module uncompiled."""
+"""The loop-free pass: the whole sample after the text encoder, as one module.
+
+This is the algorithm itself: the eager pipeline runs it as it is, and the fast path
+(tiue.fast) compiles it and captures it in CUDA graphs, given only the TiUE UNet and the VAE."""
 
 from __future__ import annotations
 
