@@ -6,15 +6,28 @@ import torch
 from torch import nn
 
 
-class TinyInception(nn.Module):
-    """The calling convention of the TorchScript Inception: uint8 NCHW in, features out."""
+class TinyLayers(nn.Module):
+    """As the TorchScript Inception's `layers`: images normalised to [-1, 1] in, features out."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 5, stride=4)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu().mean(dim=(2, 3))
+
+
+class TinyInception(nn.Module):
+    """The calling conventions of the TorchScript Inception: `model(uint8 NCHW,
+    return_features=True)` (legacy mode) and `model.layers((x - 128) / 128)` (clean-fid's clean
+    mode, x float NCHW 299x299 in [0, 255])."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = TinyLayers()
+
     def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        features = self.conv(images.float() / 255.0).relu().mean(dim=(2, 3))
+        features = self.layers((images.float() - 128) / 128)
         return features if return_features else features.softmax(dim=1)
 
 

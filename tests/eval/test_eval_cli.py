@@ -65,7 +65,7 @@ def test_eval_real_model_path_with_local_inception_and_clip(tiny_pipeline_dir, t
                     "--clip", save_tiny_clip(tmp_path / "clip"), "--num-images", 8, "--steps", 2], tmp_path)
     assert result["feature_extractor"] == "inception" and result["num_real"] == 8
     assert -1 <= result["clip_score"] <= 1 and result["accuracy"] is None
-    assert math.isfinite(result["fid"])
+    assert math.isfinite(result["fid"]) and math.isfinite(result["kid"])
 
 
 def test_real_model_path_names_missing_inputs(tiny_pipeline_dir, tmp_path, capsys):
@@ -84,3 +84,30 @@ def test_reference_metrics_measure_the_generator_against_itself(tiny_features_di
     result = reference_metrics(12, seed=0, features=tiny_features_dir)
     assert set(METRIC_KEYS) <= set(result) and result["seconds_per_image"] is None
     assert math.isfinite(result["fid"]) and 0 <= result["accuracy"] <= 1
+
+
+def test_clip_text_tokens_follow_gigagans_prefix_and_truncation(tmp_path):
+    from standins import save_tiny_clip
+
+    from tiue.eval.extractors import GIGAGAN_CLIP_PREFIX, ClipModel
+
+    clip = ClipModel(save_tiny_clip(tmp_path / "clip"))
+    tokenizer, limit = clip.tokenizer, clip.model.config.text_config.max_position_embeddings
+    prefix = tokenizer(GIGAGAN_CLIP_PREFIX, add_special_tokens=False)["input_ids"]
+    ids, mask = clip._tokens(["a red circle", "circle " * 200], GIGAGAN_CLIP_PREFIX)
+    plain = tokenizer("a red circle")["input_ids"]
+    row = ids[0, : int(mask[0].sum())].tolist()
+    assert row == plain[:1] + prefix + plain[1:]  # [start] prefix caption [end]
+    assert ids.shape[1] == limit and ids[1, -1] == tokenizer.eos_token_id and int(mask[1].sum()) == limit
+    with_prefix, without = clip.text_embeddings(["a red circle"]), clip.text_embeddings(["a red circle"], prefix=None)
+    assert not np.allclose(with_prefix, without)
+    assert clip.model_name == "clip"
+
+
+def test_clip_pixels_replay_gigagans_tensor_round_trip():
+    from tiue.eval.preprocessing import gigagan_clip_pixels
+
+    levels = np.arange(256, dtype=np.uint8)
+    out = gigagan_clip_pixels(levels)
+    assert out[0] == 0 and out[255] == 255 and out.dtype == np.uint8
+    assert np.all((levels.astype(int) - out) <= 1) and (out != levels).sum() > 0

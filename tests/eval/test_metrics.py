@@ -99,3 +99,23 @@ def test_clip_score_is_the_mean_paired_cosine():
     image = np.array([[1.0, 0.0], [0.0, 2.0]])
     text = np.array([[1.0, 0.0], [1.0, 1.0]])
     assert clip_score(image, text) == pytest.approx((1.0 + 1 / np.sqrt(2)) / 2)
+
+
+def test_blocked_prdc_equals_one_block():
+    rng = np.random.default_rng(4)
+    real, generated = rng.normal(size=(90, 6)), rng.normal(size=(70, 6)) * 1.2
+    whole = prdc(real, generated, k=5, block_size=1000)
+    for block_size in (1, 7, 64):
+        assert prdc(real, generated, k=5, block_size=block_size) == whole
+    np.testing.assert_array_equal(kth_neighbour_radii(real, 5, block_size=7), kth_neighbour_radii(real, 5, block_size=500))
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
+    from tiue.eval.kid import kernel_inception_distance
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(400, 4)), rng.normal(size=(400, 4))
+    assert abs(kernel_inception_distance(a, b, num_subsets=20)) < 0.05
+    assert kernel_inception_distance(a, b + 1.0, num_subsets=20) > 0.5
+    with pytest.raises(ValueError, match="real, generated"):
+        kernel_inception_distance(a, b[:, :3])

@@ -8,6 +8,14 @@ out across processes and the results gathered on rank 0.
 
     tiue eval --model shapes --steps 4 --num-images 256 --seed 0 --json tiue.json
     tiue eval --model shapes-teacher --mode loop --steps 50 --guidance-scale 3 --json teacher.json
+
+COCO2014-30K (the paper's Table 1; docs/evaluation.md): build the caption list and reference
+images once, then evaluate with clean-fid's protocol (FID, KID), PRDC and CLIP score:
+
+    tiue eval coco30k --captions annotations/captions_val2014.json --images val2014 --out coco30k
+    tiue eval --model senmaonk/loopfree-sd2.1-base --prompt-file coco30k/captions.txt \
+        --real-images coco30k/reference --inception inception-2015-12-05.pt --clip clip-vit-base-patch32 \
+        --num-images 30000 --out-dir runs/coco30k-images --json table1.json
 """
 
 from __future__ import annotations
@@ -21,6 +29,14 @@ __all__ = ["add_arguments", "run", "spec_from_args"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    subcommands = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    coco = subcommands.add_parser(
+        "coco30k", help="build COCO2014-30K: captions.txt and 256 px reference images from local COCO files")
+    coco.add_argument("--captions", type=Path, required=True, help="COCO's annotations/captions_val2014.json")
+    coco.add_argument("--images", type=Path, required=True, help="COCO's val2014 image folder")
+    coco.add_argument("--out", type=Path, required=True, help="output folder (captions.txt, pairs.json, reference/)")
+    coco.add_argument("--num-pairs", type=int, default=30_000, help="image-caption pairs (default 30000)")
+    coco.add_argument("--seed", dest="pair_seed", type=int, default=0, help="seed of the draw (default 0)")
     add = parser.add_argument
     add("--model", help="embedded name, local pipeline folder or hub id (default: the embedded default model)")
     add("--steps", type=int, default=4, help="K: decoder steps (loopfree) or DDIM steps (loop) (default 4)")
@@ -35,7 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prompt-file", type=Path, help="prompts, one per line, cycled to --num-images (real models)")
     add("--real-images", type=Path, help="folder of real images to compare with (with --prompt-file)")
     add("--features", type=Path, help="shapes feature network folder (default: the embedded one)")
-    add("--inception", type=Path, help="local TorchScript Inception file for FID/PRDC (real models)")
+    add("--inception", type=Path,
+        help="local TorchScript Inception file (inception-2015-12-05.pt) for FID/KID/PRDC (real models; docs/evaluation.md)")
+    add("--fid-protocol", choices=("clean", "legacy_tensorflow"), default="clean",
+        help="Inception preprocessing: clean-fid's clean mode, the paper's (default), or legacy_tensorflow")
+    add("--no-kid", dest="kid", action="store_false", help="skip KID (reported with --inception features only)")
+    add("--out-dir", type=Path,
+        help="write generated images here as they are made; a rerun resumes from them (default: a temporary folder)")
+    add("--cache-dir", type=Path,
+        help="cache of real-image features (default ~/.cache/tiue/eval; 'none' disables it)")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add("--clip", type=Path, help="local CLIP model folder for CLIP score (real models)")
     add("--nearest-k", type=int, default=5, help="k of the PRDC manifolds (default 5)")
     add("--device", help="torch device (default: cuda if available, else cpu)")
@@ -68,10 +93,21 @@ def spec_from_args(args: argparse.Namespace):
         nearest_k=args.nearest_k,
         device=args.device,
         dtype=args.dtype,
+        out_dir=args.out_dir,
+        cache_dir=args.cache_dir,
+        fid_protocol=args.fid_protocol,
+        kid=args.kid,
+        progress=args.progress,
     )
 
 
 def run(args: argparse.Namespace) -> None:
+    if getattr(args, "eval_command", None) == "coco30k":
+        from tiue.eval.coco import build_coco_subset
+
+        out = build_coco_subset(args.captions, args.images, args.out, args.num_pairs, args.pair_seed)
+        print(f"wrote {out / 'captions.txt'}, {out / 'pairs.json'} and {out / 'reference'}/")
+        return
     import torch
 
     from tiue.eval.report import format_table, write_json
@@ -83,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     spec = spec_from_args(args)
-    spec.validate()
+    spec.check()
     from tiue.cli.sample import check_device_flags
 
     check_device_flags(args.device, args.dtype)
@@ -96,8 +132,10 @@ def run(args: argparse.Namespace) -> None:
             f", CFG {spec.guidance_scale:g})" if spec.guidance_scale is not None else ")"
         )
         print(format_table([(label, result)]))
+        if result.get("kid") is not None:
+            print(f"KID: {result['kid']:.5f}")
         if "clip_score" in result:
-            print(f"CLIP score: {result['clip_score']:.4f}")
+            print(f"CLIP score ({result['clip_model']}): {result['clip_score']:.4f}")
         if args.json is not None:
             write_json(args.json, result)
             print(f"wrote {args.json}")

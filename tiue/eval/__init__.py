@@ -1,10 +1,13 @@
 """Evaluation: metrics from feature arrays, feature extractors, sampling, and the runner.
 
-fid: Frechet distance. prdc: precision, recall, density, coverage (k-NN manifolds, Naeem et
-al. 2020) and F1. agreement: text-image agreement (attribute accuracy, CLIP score).
-extractors: the shapes feature network, Inception (TorchScript) and CLIP feature extractors.
-preprocessing: GigaGAN's protocol for real-model evaluation. sharding: prompts split across
-processes. runner: `evaluate` (sampling, guided or not, is the pipeline's own).
+fid: Frechet distance. kid: kernel inception distance (clean-fid's). prdc: precision, recall,
+density, coverage (k-NN manifolds, Naeem et al. 2020, in row blocks) and F1. agreement:
+text-image agreement (attribute accuracy, CLIP score). extractors: the shapes feature network,
+Inception (TorchScript; clean-fid's clean or legacy protocol) and CLIP feature extractors.
+preprocessing: GigaGAN's protocol for real-model evaluation. image_store: generated images on
+disk (streaming, resume). reference_cache: cached real-image features. coco: the COCO2014-30K
+caption list and references. sharding: prompts split across processes. runner: `evaluate`
+(sampling, guided or not, is the pipeline's own). docs/evaluation.md: the Table 1 recipe.
 Submodules are imported on first use, so `tiue.eval.sharding` costs no scipy import.
 """
 

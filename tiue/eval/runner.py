@@ -5,7 +5,8 @@ evaluation seed stream (never the training seeds), and the prompts are those sce
 so real and generated sets share one caption distribution (as COCO evaluations pair captions
 with their photos). Features come from the shapes feature network; its heads give the
 attribute accuracy. Real models: --prompt-file, --real-images and a local --inception file
-(and --clip for CLIP score), all images under GigaGAN's protocol.
+(and --clip for CLIP score), all images under GigaGAN's protocol (docs/evaluation.md).
+Images are written to disk as they are made and read back batch by batch for features.
 
 Image i is seeded with seed + i whatever the batch size or number of processes, so a sharded
 run (torchrun / accelerate launch) gives the same numbers as a single process.
@@ -52,8 +53,13 @@ class EvalSpec:
     nearest_k: int = 5
     device: str | None = None
     dtype: str | None = None
+    out_dir: Path | None = None  # generated images (resume from them); None: a temporary folder
+    cache_dir: Path | None = None  # real-image features; None: ~/.cache/tiue/eval, Path("none"): no cache
+    fid_protocol: str = "clean"  # Inception only: clean-fid "clean" (the paper's) or "legacy_tensorflow"
+    kid: bool = True
+    progress: bool = True
 
-    def validate(self) -> None:
+    def check(self) -> None:
         checks = [
             ("--steps", self.steps, self.steps >= 1, "an integer >= 1"),
             ("--num-images", self.num_images, self.num_images > self.nearest_k, f"an integer > k = {self.nearest_k}"),
@@ -68,6 +74,10 @@ class EvalSpec:
                 raise ValueError(f"{flag}: expected {accepted}, got {value!r}")
         if self.guidance_scale is not None and not self.guidance_scale >= 1.0:  # also refuses NaN
             raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
+        from tiue.eval.extractors import FID_PROTOCOLS
+
+        if self.fid_protocol not in FID_PROTOCOLS:
+            raise ValueError(f"--fid-protocol: expected {' or '.join(FID_PROTOCOLS)}, got {self.fid_protocol!r}")
         if self.prompt_file is not None and self.real_images is None:
             raise ValueError("--real-images: required with --prompt-file (the folder of real images to compare with)")
 
@@ -109,14 +119,111 @@ def _read_prompt_file(path: Path, num_images: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(num_images)]
 
 
-def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
-    """The metrics (on rank 0; None on other ranks). Keys: METRIC_KEYS plus details."""
+def _gigagan_image(image) -> np.ndarray:
+    from tiue.eval.preprocessing import center_crop_resize
+
+    return center_crop_resize(image)
+
+
+def _build_extractors(spec: EvalSpec, device):
+    """Every feature extractor of the run, each tried on one image before any sampling, so a
+    missing or wrong weights file fails in seconds rather than after hours of sampling."""
     from tiue.eval.extractors import ClipModel, InceptionFeatures, load_shapes_features
-    from tiue.eval.preprocessing import center_crop_resize, load_image_folder
+    from tiue.eval.preprocessing import GIGAGAN_SIZE
+
+    if spec.inception:
+        extractor = InceptionFeatures(spec.inception, device, spec.batch_size, protocol=spec.fid_protocol)
+        side = GIGAGAN_SIZE
+    else:
+        extractor = load_shapes_features(spec.features)
+        side = extractor.network.config.resolution
+    clip = ClipModel(spec.clip, device) if spec.clip else None
+    probe = np.zeros((1, side, side, 3), np.uint8)
+    for flag, check in (("--inception" if spec.inception else "--features", lambda: extractor.features(probe)),
+                        ("--clip", lambda: clip and (clip.image_embeddings(probe), clip.text_embeddings(["a photo"])))):
+        try:
+            check()
+        except Exception as error:  # report which flag's model failed, with the cause
+            raise ValueError(f"{flag}: the model failed on a test image before sampling: {error}") from error
+    return extractor, clip
+
+
+def _sample_to_store(pipe, prompts, indices, spec: EvalSpec, store, progress: bool) -> tuple[float, int]:
+    """Sample the images of `indices` not yet in `store`, writing each batch as it is made.
+    Returns (sampling seconds, images sampled)."""
+    from tqdm import tqdm
+
+    todo = store.missing(indices)
+    if not todo:
+        return 0.0, 0
+    # Untimed warm-up: the first call pays one-time allocation and dispatch costs.
+    sample_images(pipe, prompts, [todo[0]], spec)
+    seconds = 0.0
+    with tqdm(total=len(todo), desc="sampling", unit="img", disable=not progress) as bar:
+        for start in range(0, len(todo), spec.batch_size):
+            batch = todo[start : start + spec.batch_size]
+            began = time.perf_counter()
+            images = sample_images(pipe, prompts, batch, spec)
+            seconds += time.perf_counter() - began
+            for i, image in zip(batch, images):
+                store.write(i, image)
+            bar.update(len(batch))
+    return seconds, len(todo)
+
+
+def _extract(store, indices, extractor, clip, progress: bool) -> dict:
+    """Features (and shapes-head predictions, CLIP image embeddings) of stored images, read
+    back in the extractor's own batch size: only one batch of images is ever in memory."""
+    from tqdm import tqdm
+
+    from tiue.eval.preprocessing import gigagan_clip_pixels
+
+    indices = list(indices)
+    shapes = extractor.name == "shapes"
+    step = extractor.batch_size
+    features, predictions, clip_images = [], {}, []
+    for start in tqdm(range(0, len(indices), step), desc="features", unit="batch", disable=not progress):
+        batch = indices[start : start + step]
+        if shapes:
+            f, p = extractor.features_and_predictions(store.read(batch))
+            features.append(f)
+            for name, value in p.items():
+                predictions.setdefault(name, []).append(value)
+        else:
+            # GigaGAN's protocol for Inception/CLIP: centre crop, Lanczos to 256.
+            prepared = np.stack([_gigagan_image(store.open(i)) for i in batch])
+            features.append(extractor.features(prepared))
+            if clip is not None:
+                clip_images.append(clip.image_embeddings(gigagan_clip_pixels(prepared)))
+    part = {"indices": indices, "features": np.concatenate(features) if features else None}
+    if predictions:
+        part["predictions"] = {k: np.concatenate(v) for k, v in predictions.items()}
+    if clip_images:
+        part["clip_images"] = np.concatenate(clip_images)
+    return part
+
+
+def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
+    """The metrics (on rank 0; None on other ranks). Keys: METRIC_KEYS plus details.
+
+    Images go to spec.out_dir (a temporary folder when None) as they are made; a rerun with
+    the same out_dir samples only the missing ones. Memory holds one batch of images, the
+    (N, D) features, and block_size x N distances for PRDC.
+    """
+    import tempfile
+
+    from tiue.eval.image_store import ImageStore
+    from tiue.eval.kid import kernel_inception_distance
+    from tiue.eval.reference_cache import (
+        default_cache_dir,
+        file_fingerprint,
+        folder_features,
+    )
     from tiue.sampling import load_pipeline
 
-    spec.validate()
+    spec.check()
     group = group or ProcessGroup.from_environment()
+    progress = group.is_main and spec.progress
     pipe = load_pipeline(spec.model, spec.device, spec.dtype).with_timestep_spacing(spec.timestep_spacing)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
@@ -127,54 +234,63 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
         reference = reference_scenes(spec.num_images, spec.seed, resolution)
         prompts = reference.captions
 
-    extractor = InceptionFeatures(spec.inception, pipe.device) if spec.inception else load_shapes_features(spec.features)
-    clip = ClipModel(spec.clip, pipe.device) if spec.clip else None
-
-    def prepare(images: np.ndarray) -> np.ndarray:
-        # GigaGAN's protocol for Inception/CLIP; the shapes network reads pictures as drawn.
-        if extractor.name == "shapes":
-            return images
-        from PIL import Image
-
-        return np.stack([center_crop_resize(Image.fromarray(im)) for im in images])
-
-    # Untimed warm-up: the first call pays one-time allocation and dispatch costs.
-    sample_images(pipe, prompts, [0], spec)
-    mine = group.shard(spec.num_images)
-    start = time.perf_counter()
-    images = sample_images(pipe, prompts, mine, spec)
-    seconds = time.perf_counter() - start
-
-    part: dict = {"indices": list(mine), "seconds": seconds}
-    prepared = prepare(images)
-    if extractor.name == "shapes":
-        part["features"], part["predictions"] = extractor.features_and_predictions(prepared)
+    extractor, clip = _build_extractors(spec, pipe.device)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}
+    temporary = None
+    if spec.out_dir is None:
+        # Every rank must write to the same folder: rank 0 names it.
+        temporary = tempfile.TemporaryDirectory(prefix="tiue-eval-") if group.is_main else None
+        folder = group.gather(temporary.name if temporary else None)[0]
     else:
-        part["features"] = extractor.features(prepared)
-    if clip is not None:
-        part["clip_images"] = clip.image_embeddings(prepared)
-    parts = group.gather(part)
+        folder = spec.out_dir
+    try:
+        store = ImageStore(folder)
+        sampling_keys = ("model", "steps", "mode", "guidance_scale", "timestep_spacing", "seed", "prompt_file", "device", "dtype")
+        if group.is_main:
+            store.claim({k: settings[k] for k in sampling_keys})
+        group.barrier()
+        mine = group.shard(spec.num_images)
+        seconds, sampled = _sample_to_store(pipe, prompts, mine, spec, store, progress)
+        part = _extract(store, mine, extractor, clip, progress)
+        part.update(seconds=seconds, sampled=sampled)
+        parts = group.gather(part)
+    finally:
+        # gather() returned on every rank, so every rank is done reading the images.
+        if temporary is not None:
+            temporary.cleanup()
     if not group.is_main:
         return None
 
     order = np.argsort(np.concatenate([p["indices"] for p in parts]))
     generated = np.concatenate([p["features"] for p in parts])[order]
     if real_world:
-        real_images = load_image_folder(spec.real_images)
-        real = extractor.features(real_images if extractor.name != "shapes" else _resize_for(real_images, resolution))
+        shapes = extractor.name == "shapes"
+        # The shapes network reads the GigaGAN 256 px image resized to the world's size, as before.
+        prepare = (lambda im: _resize_for(_gigagan_image(im)[None], resolution)[0]) if shapes else _gigagan_image
+        cache_dir = None if spec.cache_dir == Path("none") else (spec.cache_dir or default_cache_dir())
+        identity = f"{extractor.name}|{file_fingerprint(spec.inception or spec.features)}|{'world' if shapes else 'gigagan-256'}"
+        real = folder_features(spec.real_images, extractor.features, prepare, identity, cache_dir, spec.batch_size,
+                               progress=progress)
     else:
         real = extractor.features(reference.images)
     predictions = None
     if "predictions" in parts[0]:
         predictions = {k: np.concatenate([p["predictions"][k] for p in parts])[order] for k in parts[0]["predictions"]}
     result = measure(real, generated, prompts, predictions, spec.nearest_k)
-    result["seconds_per_image"] = sum(p["seconds"] for p in parts) / spec.num_images
+    sampled = sum(p["sampled"] for p in parts)
+    # Resumed images were timed by an earlier run: time only this run's.
+    result["seconds_per_image"] = sum(p["seconds"] for p in parts) / sampled if sampled else None
+    if spec.kid and spec.inception is not None:
+        # KID's cubic kernel assumes Inception-scaled features; on the shapes network's
+        # unnormalised 64-d features it is dominated by their magnitude, so it is not reported.
+        result["kid"] = kernel_inception_distance(real, generated)
     if clip is not None:
         image_embeddings = np.concatenate([p["clip_images"] for p in parts])[order]
         result["clip_score"] = clip_score(image_embeddings, clip.text_embeddings(prompts))
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}
+        result["clip_model"] = clip.model_name
     result.update(
         num_images=spec.num_images,
+        num_sampled=sampled,
         num_real=int(len(real)),
         num_processes=group.world_size,
         feature_extractor=extractor.name,
