@@ -4,7 +4,6 @@ import json
 import math
 
 import numpy as np
-import torch
 from PIL import Image
 
 from tiue.cli import main

@@ -148,14 +148,18 @@ def _build_extractors(spec: EvalSpec, device):
     return extractor, clip
 
 
-def _sample_to_store(pipe, prompts, indices, spec: EvalSpec, store, progress: bool) -> tuple[float, int]:
+def _sample_to_store(pipe, prompts, indices, spec: EvalSpec, store, progress: bool) -> tuple[float, int, int | None]:
     """Sample the images of `indices` not yet in `store`, writing each batch as it is made.
-    Returns (sampling seconds, images sampled)."""
+    Returns (sampling seconds, images sampled, peak CUDA bytes while sampling: Table 1's memory
+    column, None off CUDA)."""
     from tqdm import tqdm
 
     todo = store.missing(indices)
     if not todo:
-        return 0.0, 0
+        return 0.0, 0, None
+    on_cuda = pipe.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(pipe.device)
     # Untimed warm-up: the first call pays one-time allocation and dispatch costs.
     sample_images(pipe, prompts, [todo[0]], spec)
     seconds = 0.0
@@ -168,7 +172,8 @@ def _sample_to_store(pipe, prompts, indices, spec: EvalSpec, store, progress: bo
             for i, image in zip(batch, images):
                 store.write(i, image)
             bar.update(len(batch))
-    return seconds, len(todo)
+    peak = torch.cuda.max_memory_allocated(pipe.device) if on_cuda else None
+    return seconds, len(todo), peak
 
 
 def _extract(store, indices, extractor, clip, progress: bool) -> dict:
@@ -250,9 +255,9 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
             store.claim({k: settings[k] for k in sampling_keys})
         group.barrier()
         mine = group.shard(spec.num_images)
-        seconds, sampled = _sample_to_store(pipe, prompts, mine, spec, store, progress)
+        seconds, sampled, peak_bytes = _sample_to_store(pipe, prompts, mine, spec, store, progress)
         part = _extract(store, mine, extractor, clip, progress)
-        part.update(seconds=seconds, sampled=sampled)
+        part.update(seconds=seconds, sampled=sampled, peak_bytes=peak_bytes)
         parts = group.gather(part)
     finally:
         # gather() returned on every rank, so every rank is done reading the images.
@@ -280,6 +285,10 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
     sampled = sum(p["sampled"] for p in parts)
     # Resumed images were timed by an earlier run: time only this run's.
     result["seconds_per_image"] = sum(p["seconds"] for p in parts) / sampled if sampled else None
+    peaks = [p["peak_bytes"] for p in parts if p["peak_bytes"] is not None]
+    # Table 1's memory column: the largest process's peak allocated CUDA memory while sampling
+    # (weights included), in GB; None on CPU.
+    result["sampling_memory_gb"] = max(peaks) / 1e9 if peaks else None
     if spec.kid and spec.inception is not None:
         # KID's cubic kernel assumes Inception-scaled features; on the shapes network's
         # unnormalised 64-d features it is dominated by their magnitude, so it is not reported.
