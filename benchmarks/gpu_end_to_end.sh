@@ -121,7 +121,7 @@ else
   SCALE=sd21
   # Within each batch size, the rows the targets need come first, in case time runs out.
   RUN_ARGS=(--tiue-scale sd21 --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 512
-            --tiue-rows f,c,b,e,f-unet,c-unet-compiled,d,c-unet,b-unet,e-unet,a
+            --tiue-rows f,c,b,e,f-unet,c-unet-compiled,d,c-unet,b-unet,e-unet,d-unet,a
             --tiue-batch-sizes 1,16 --tiue-compiled-batch-sizes 1,16
             --tiue-teacher-batch-sizes 1 --tiue-teacher-rounds 2 --tiue-rounds 10 --tiue-warmup 2)
 fi

@@ -87,5 +87,13 @@ class RunResults:
                 return entry["ratio"]
         return None
 
+    def paired_spread(self, row: str, over: str, batch: int) -> tuple[float, float] | None:
+        """The first and third quartiles of the paired rounds' ratios (None without them)."""
+        for entry in self.paired:
+            if (entry["row"], entry["over"], entry["batch"]) == (row, over, batch) and len(entry["ratios"]) >= 4:
+                ordered = sorted(entry["ratios"])
+                return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
+        return None
+
     def as_dict(self) -> dict:
         return dict(meta=self.meta, rows=[r.as_dict() for r in self.rows], paired=self.paired)

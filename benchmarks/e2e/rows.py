@@ -48,6 +48,8 @@ ROWS = {
         Row("b-unet", "UNet alone: 4-step DDIM loop (4 full UNet passes + scheduler.step)", unet_only=True),
         Row("c-unet", "UNet alone: one full UNet pass", unet_only=True),
         Row("c-unet-compiled", "UNet alone: one full UNet pass, torch.compile", unet_only=True, compiled=True),
+        Row("d-unet", "UNet part of d: the paper's way to z_0 (decoder inputs .repeat-ed, scheduler.step chain)",
+            unet_only=True),
         Row("e-unet", "UNet alone: TiUEUNet forward, encoder + 4 decoders, eager", unet_only=True),
         Row(
             "f-unet",
@@ -154,7 +156,7 @@ class RowFactory:
         builders = {
             "a": self._row_a, "b": self._row_b, "c": self._row_c, "d": self._row_d, "e": self._row_e,
             "f": self._row_f, "f-unet": self._row_f_unet, "b-unet": self._row_b_unet, "c-unet": self._row_c_unet,
-            "c-unet-compiled": self._row_c_unet_compiled, "e-unet": self._row_e_unet,
+            "c-unet-compiled": self._row_c_unet_compiled, "d-unet": self._row_d_unet, "e-unet": self._row_e_unet,
         }
         if key not in builders:
             raise ValueError(f"row: expected one of {', '.join(builders)}, got {key!r}")
@@ -200,6 +202,10 @@ class RowFactory:
     def _row_d(self, batch: int) -> PreparedRow:
         prompts, noise, _ = self.inputs(batch)
         return self._eager(lambda: self.paper_way(prompts, noise))
+
+    def _row_d_unet(self, batch: int) -> PreparedRow:
+        _, noise, text = self.inputs(batch)
+        return self._eager(lambda: self.paper_way.sample_latents(noise, text))
 
     def _tiue_call(self, pipe: TiUEPipeline, batch: int, unet_part: bool) -> Callable[[], object]:
         prompts, noise, text = self.inputs(batch)

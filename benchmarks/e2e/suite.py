@@ -138,7 +138,7 @@ class EndToEndSuite:
 
     def run_paired(self) -> list[dict]:
         """Time each pair of rows a latency target compares in alternation; record the ratios."""
-        rounds = max(3, self.config.rounds)
+        rounds = max(7, self.config.rounds)  # enough pairs for a spread (quartiles)
         for row, over, batch in paired_comparisons(self.results):
             if (row, batch) not in self.prepared or (over, batch) not in self.prepared:
                 continue
