@@ -17,6 +17,7 @@ _EXPORTS = {
     "TiUEPipeline": "tiue.pipeline",
     "TiUEPipelineOutput": "tiue.pipeline",
     "TiUEUNet": "tiue.unet",
+    "TiUEXLPipeline": "tiue.pipeline_xl",
     "interpolate_prompts": "tiue.interpolation",
     "loopfree_coefficients": "tiue.schedule",
     "sample": "tiue.sampling",

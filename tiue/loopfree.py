@@ -40,9 +40,10 @@ class OnePass(nn.Module):
         coeffs: tuple[float, ...],
         decode: bool,
         guidance_scale: float | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         sample = latents if guidance_scale is None else torch.cat([latents, latents])
-        features = self.tiue_unet.encode(sample, timesteps[0], text)
+        features = self.tiue_unet.encode(sample, timesteps[0], text, added_cond_kwargs)
         eps = self.tiue_unet.decode(features, timesteps, text, timestep_embeddings)
         if guidance_scale is not None:
             unconditional, conditional = eps.chunk(2, dim=1)  # (K, 2B, ...) -> two (K, B, ...)

@@ -31,8 +31,11 @@ def model_card(
     num_steps: int = 4,
     timestep_spacing: str | None = None,
     training: dict | None = None,
+    pipeline_class: str = "TiUEPipeline",
+    base_pipeline_class: str = "StableDiffusionPipeline",
 ) -> str:
-    """The card's text. `training` is tiue_training.json's content (its "config" and "step")."""
+    """The card's text. `training` is tiue_training.json's content (its "config" and "step");
+    `pipeline_class` loads the folder, `base_pipeline_class` is the diffusers pipeline of its base."""
     front = ["---", "library_name: diffusers", "pipeline_tag: text-to-image"]
     if base_model:
         front.append(f"base_model: {_yaml_string(base_model)}")
@@ -51,15 +54,15 @@ def model_card(
         "```python",
         "import tiue",
         "",
-        f'pipe = tiue.TiUEPipeline.from_pretrained("{name}")',
+        f'pipe = tiue.{pipeline_class}.from_pretrained("{name}")',
         f'images = pipe("a photo of a cat", num_inference_steps={num_steps}).images',
         "```",
         "",
         f'or `tiue sample --model {name} --prompt "a photo of a cat" --steps {num_steps}`.',
         "",
-        "`model_index.json` names `TiUEPipeline`, so diffusers' `DiffusionPipeline.from_pretrained` refuses",
+        f"`model_index.json` names `{pipeline_class}`, so diffusers' `DiffusionPipeline.from_pretrained` refuses",
         "the folder instead of sampling it with an ordinary multi-step scheduler.",
-        "`StableDiffusionPipeline.from_pretrained` still loads its components, but samples them the ordinary",
+        f"`{base_pipeline_class}.from_pretrained` still loads its components, but samples them the ordinary",
         "way, which is not what this student was trained for.",
         "",
         "Distilled students are trained without classifier-free guidance: sample with the default",

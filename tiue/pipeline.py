@@ -93,6 +93,9 @@ class TiUEPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    # What save_pretrained writes: this class's name, and the diffusers pipeline of the base model.
+    saved_class_name = PIPELINE_CLASS_NAME
+    base_pipeline_class_name = "StableDiffusionPipeline"
 
     def __init__(
         self,
@@ -128,8 +131,7 @@ class TiUEPipeline(DiffusionPipeline):
                 f"timestep_spacing: expected one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}"
             )
         scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing=timestep_spacing)
-        pipe = type(self)(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-                          scheduler=scheduler)
+        pipe = type(self)(**{**self.components, "scheduler": scheduler})
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
 
@@ -151,9 +153,11 @@ class TiUEPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, *args, **kwargs)
         index_path = Path(save_directory) / "model_index.json"
         index = json.loads(index_path.read_text())
-        index["_class_name"] = PIPELINE_CLASS_NAME
+        index["_class_name"] = self.saved_class_name
         write_text_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
         card = dict(name=Path(save_directory).name, timestep_spacing=self.scheduler.config.timestep_spacing)
+        if self.saved_class_name != PIPELINE_CLASS_NAME:
+            card |= {"pipeline_class": self.saved_class_name, "base_pipeline_class": self.base_pipeline_class_name}
         write_model_card(save_directory, **(card | (model_card or {})))
 
     # -- parts ---------------------------------------------------------------------------
@@ -423,22 +427,25 @@ class TiUEPipeline(DiffusionPipeline):
         return self.encode_prompt(list(negatives), device, copies)
 
     def _loopfree_pass(
-        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, decode: bool, guidance_scale: float | None
+        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, decode: bool, guidance_scale: float | None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The image in [-1, 1] (decode) or z_0, by the fast path when it is enabled."""
+        """The image in [-1, 1] (decode) or z_0, by the fast path when it is enabled.
+        `added_cond_kwargs`: SDXL-class UNets' text_embeds and time_ids, rows as `text`'s."""
         timesteps, coeffs = self.loopfree_schedule(num_steps)
         if self._fast_path is not None:
-            return self._fast_path(latents, text, timesteps, coeffs, decode, guidance_scale)
+            return self._fast_path(latents, text, timesteps, coeffs, decode, guidance_scale, added_cond_kwargs)
         # accelerate's offload hook wraps unet.forward, which the pass never calls: fire it here
         # (it moves the UNet to the device and the text encoder off). The VAE's decode fires its own.
         run_offload_hook(self.unet)
         timesteps = timesteps.to(latents.device)
         temb = self.tiue_unet.time_embedding(timesteps, latents.dtype)
         one_pass = OnePass(self.tiue_unet, self.vae)
-        return one_pass(latents, text, timesteps, temb, tuple(coeffs.tolist()), decode, guidance_scale)
+        return one_pass(latents, text, timesteps, temb, tuple(coeffs.tolist()), decode, guidance_scale, added_cond_kwargs)
 
     def _sample_loop(
-        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, guidance_scale: float | None, generator
+        self, latents: torch.Tensor, text: torch.Tensor, num_steps: int, guidance_scale: float | None, generator,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """z_0 by `self.scheduler`'s own loop (a fresh copy: schedulers keep per-run state)."""
         scheduler = self.scheduler.__class__.from_config(self.scheduler.config)
@@ -452,7 +459,9 @@ class TiUEPipeline(DiffusionPipeline):
         for t in self.progress_bar(scheduler.timesteps):
             model_input = latents if guidance_scale is None else torch.cat([latents, latents])
             model_input = scheduler.scale_model_input(model_input, t)
-            output = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False)[0]
+            output = self.unet(
+                model_input, t, encoder_hidden_states=text, added_cond_kwargs=added_cond_kwargs, return_dict=False
+            )[0]
             if guidance_scale is not None:
                 unconditional, conditional = output.chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)

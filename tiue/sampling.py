@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import torch
 
 from tiue.devices import resolve_device, resolve_dtype
 from tiue.embedded import default_model
 
-__all__ = ["sample", "load_pipeline", "clear_pipeline_cache"]
+__all__ = ["clear_pipeline_cache", "load_pipeline", "pipeline_class_for", "sample"]
 
 _CACHE: dict[tuple[str, str, torch.dtype, bool], object] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_pipeline(model: str, device: str | torch.device | None = None, dtype=None, fast: bool = False):
-    """A TiUEPipeline for `model` (hub id or local folder) on `device` in `dtype`, cached;
-    `fast` enables the compiled (and on CUDA, graph-captured) fast path."""
+def pipeline_class_for(model: str) -> type:
+    """TiUEXLPipeline for an SDXL-class folder (its model_index.json names StableDiffusionXLPipeline
+    or TiUEXLPipeline, or has text_encoder_2), else TiUEPipeline. Hub ids are not inspected
+    offline: they load as TiUEPipeline (use TiUEXLPipeline.from_pretrained for an SDXL hub id)."""
+    from tiue.embedded import resolve_model
     from tiue.pipeline import TiUEPipeline
+    from tiue.pipeline_xl import TiUEXLPipeline, is_xl_model_index
 
+    index_path = Path(resolve_model(model)) / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    except (OSError, ValueError):
+        index = {}  # loading reports the broken index
+    return TiUEXLPipeline if isinstance(index, dict) and is_xl_model_index(index) else TiUEPipeline
+
+
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype=None, fast: bool = False):
+    """A TiUEPipeline (TiUEXLPipeline for an SDXL folder) for `model` (hub id or local folder) on
+    `device` in `dtype`, cached; `fast` enables the compiled (and on CUDA, graph-captured) fast path."""
     if not isinstance(model, str) or not model:
         raise ValueError(f"model: expected a hub id or a local pipeline folder, got {model!r}")
     device = resolve_device(device)
@@ -28,7 +44,7 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype=No
     with _CACHE_LOCK:
         if key not in _CACHE:
             # Cast after loading: the from_pretrained dtype keyword changed name across diffusers.
-            pipe = TiUEPipeline.from_pretrained(model).to(device=device, dtype=dtype)
+            pipe = pipeline_class_for(model).from_pretrained(model).to(device=device, dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
             if fast:
                 pipe.enable_fast_path()
@@ -54,14 +70,15 @@ def sample(
 
     Args:
         prompt: a prompt or a list of prompts.
-        model: a hub id or a local folder of a TiUE-distilled SD 1.x / 2.x pipeline, or an
-            embedded model's name; default: the embedded default model, when installed.
+        model: a hub id or a local folder of a TiUE-distilled SD 1.x / 2.x pipeline (or SDXL
+            folder, sampled with TiUEXLPipeline), or an embedded model's name; default: the
+            embedded default model, when installed.
         seed: seeds the initial noise (one generator on the sampling device).
         device: "cuda", "cpu", ...; default CUDA when available, else CPU.
         dtype: "fp16", "bf16", "fp32" or a torch dtype; default fp16 on CUDA, fp32 elsewhere.
         fast: use the fast path (torch.compile, and CUDA graphs on CUDA); the first call of
             each new shape pays the compile.
-        **pipeline_kwargs: passed to `TiUEPipeline.__call__` (num_inference_steps, height, ...).
+        **pipeline_kwargs: passed to the pipeline's `__call__` (num_inference_steps, height, ...).
     """
     if model is None:
         model = default_model()

@@ -25,7 +25,7 @@ def not_a_student_warning(model: str) -> str | None:
         class_name = json.loads(index_path.read_text()).get("_class_name")
     except (OSError, ValueError):
         return None  # loading will report the broken index
-    if class_name == "TiUEPipeline":
+    if class_name in ("TiUEPipeline", "TiUEXLPipeline"):
         return None
     return (
         f"{model}: this folder's model_index.json names {class_name} and it has no {TRAINING_RECORD}; the "

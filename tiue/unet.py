@@ -4,6 +4,11 @@ The encoder (conv_in, down blocks, mid block) runs once, at the first timestep, 
 initial noise. The decoder (up blocks, conv_norm_out, conv_act, conv_out) runs for all K
 timesteps as one batch in timestep-major layout: row k*B + b is timestep k, prompt b.
 Both halves are composed from the wrapped UNet's own blocks; parameters are shared.
+
+SDXL-class UNets (addition_embed_type="text_time") condition every block on emb(t) + aug, where
+aug comes from the pooled text embedding and the six time ids and does not depend on t. The
+encoder computes aug once per sample (with the UNet's own get_aug_embed) and hands it to the
+decoder, which adds it to each of the K timestep embeddings.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class EncoderFeatures:
 
     skips: tuple[torch.Tensor, ...]
     mid: torch.Tensor
+    added_embedding: torch.Tensor | None = None  # aug, (B, D), for UNets with added conditions
+
 
     @property
     def batch_size(self) -> int:
@@ -36,7 +43,7 @@ class EncoderFeatures:
 
 # Config keys whose features cannot be split exactly, with the value that means "off".
 _UNSUPPORTED_CONFIG = {
-    "addition_embed_type": None,
+    "addition_embed_type": (None, "text_time"),
     "class_embed_type": None,
     "num_class_embeds": None,
     "encoder_hid_dim_type": None,
@@ -44,6 +51,8 @@ _UNSUPPORTED_CONFIG = {
     "attention_type": "default",
     "class_embeddings_concat": False,
 }
+# The added conditions a "text_time" (SDXL) UNet takes, as in its forward's added_cond_kwargs.
+ADDED_CONDITION_KEYS = ("text_embeds", "time_ids")
 
 
 def check_splittable(unet: nn.Module) -> None:
@@ -54,12 +63,14 @@ def check_splittable(unet: nn.Module) -> None:
             f"got {type(unet).__name__}"
         )
     config = unet.config
-    for key, off_value in _UNSUPPORTED_CONFIG.items():
-        value = config.get(key, off_value)
-        if value != off_value:
+    for key, supported in _UNSUPPORTED_CONFIG.items():
+        supported = supported if isinstance(supported, tuple) else (supported,)
+        value = config.get(key, supported[0])
+        if value not in supported:
+            accepted = " or ".join(f"{key}={v!r}" for v in supported)
             raise NotImplementedError(
                 f"TiUEUNet cannot split a UNet with config {key}={value!r} exactly "
-                f"(supported: {key}={off_value!r}, as in Stable Diffusion 1.x/2.x)"
+                f"(supported: {accepted}, as in Stable Diffusion 1.x/2.x and SDXL)"
             )
 
 
@@ -109,13 +120,58 @@ class TiUEUNet(nn.Module):
 
     # -- time embedding ------------------------------------------------------------------
 
+    @property
+    def has_added_conditions(self) -> bool:
+        """True for SDXL-class UNets, which take added_cond_kwargs (text_embeds, time_ids)."""
+        return self.unet.config.get("addition_embed_type") == "text_time"
+
     def time_embedding(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Timestep embedding after the UNet's embedding MLP and optional activation: (T, D)."""
+        """Timestep embedding after the UNet's embedding MLP and optional activation: (T, D).
+
+        With added conditions the UNet applies its activation to emb(t) + aug, so here it is
+        left out and `_conditioning` applies it after the sum."""
         unet = self.unet
         t_emb = unet.time_proj(timesteps.reshape(-1)).to(dtype=dtype)
         emb = unet.time_embedding(t_emb, None)
-        if unet.time_embed_act is not None:
+        if unet.time_embed_act is not None and not self.has_added_conditions:
             emb = unet.time_embed_act(emb)
+        return emb
+
+    def added_embedding(
+        self, added_cond_kwargs: dict | None, batch: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """aug (B, D) from the pooled text embedding and the time ids, by the UNet's own
+        get_aug_embed; None for UNets without added conditions."""
+        if not self.has_added_conditions:
+            if added_cond_kwargs:
+                raise ValueError(
+                    f"added_cond_kwargs: this UNet (addition_embed_type=None) takes none, "
+                    f"got keys {sorted(added_cond_kwargs)}"
+                )
+            return None
+        missing = [k for k in ADDED_CONDITION_KEYS if k not in (added_cond_kwargs or {})]
+        if missing:
+            raise ValueError(
+                f"added_cond_kwargs: a UNet with addition_embed_type='text_time' needs "
+                f"{', '.join(ADDED_CONDITION_KEYS)}; missing {', '.join(missing)}"
+            )
+        for key in ADDED_CONDITION_KEYS:
+            if added_cond_kwargs[key].shape[0] != batch:
+                raise ValueError(
+                    f"added_cond_kwargs: {key} must have one row per sample ({batch}), "
+                    f"got shape {tuple(added_cond_kwargs[key].shape)}"
+                )
+        # get_aug_embed reads only emb's dtype and, for "text_time", ignores the hidden states.
+        dtype_probe = torch.empty(0, dtype=dtype, device=added_cond_kwargs["text_embeds"].device)
+        return self.unet.get_aug_embed(
+            emb=dtype_probe, encoder_hidden_states=None, added_cond_kwargs=added_cond_kwargs
+        )
+
+    def _conditioning(self, emb: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
+        """emb(t) + aug, then the UNet's time-embedding activation, as its forward does."""
+        emb = emb + aug
+        if self.unet.time_embed_act is not None:
+            emb = self.unet.time_embed_act(emb)
         return emb
 
     # -- the two halves ------------------------------------------------------------------
@@ -125,8 +181,12 @@ class TiUEUNet(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int | float,
         encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict | None = None,
     ) -> EncoderFeatures:
-        """Run conv_in, the down blocks and the mid block once at a single timestep."""
+        """Run conv_in, the down blocks and the mid block once at a single timestep.
+
+        added_cond_kwargs: {"text_embeds": (B, P), "time_ids": (B, 6)} for SDXL-class UNets;
+        their embedding aug is returned in the features for the decoder to reuse."""
         unet = self.unet
         batch = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device)
@@ -137,6 +197,9 @@ class TiUEUNet(nn.Module):
         if unet.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = self.time_embedding(timestep, sample.dtype).expand(batch, -1)
+        aug = self.added_embedding(added_cond_kwargs, batch, sample.dtype)
+        if aug is not None:
+            emb = self._conditioning(emb, aug)
 
         hidden = unet.conv_in(sample)
         skips: tuple[torch.Tensor, ...] = (hidden,)
@@ -153,7 +216,7 @@ class TiUEUNet(nn.Module):
                 hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
             else:
                 hidden = unet.mid_block(hidden, emb)
-        return EncoderFeatures(skips=skips, mid=hidden)
+        return EncoderFeatures(skips=skips, mid=hidden, added_embedding=aug)
 
     def decode(
         self,
@@ -161,6 +224,7 @@ class TiUEUNet(nn.Module):
         timesteps: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         timestep_embeddings: torch.Tensor | None = None,
+        added_cond_kwargs: dict | None = None,
     ) -> torch.Tensor:
         """Run the decoder for every timestep in one batched pass.
 
@@ -169,6 +233,8 @@ class TiUEUNet(nn.Module):
             timesteps: (K,) timesteps, in scheduler order.
             encoder_hidden_states: (B, L, D) text embeddings, shared by all K decoders.
             timestep_embeddings: optional precomputed `time_embedding(timesteps)`, (K, D).
+            added_cond_kwargs: SDXL-class UNets only; default: reuse the encoder's aug
+                (`features.added_embedding`), which is what the one pass does.
 
         Returns:
             (K, B, C, H, W): the model output (epsilon, v or sample) of each decoder step.
@@ -186,6 +252,12 @@ class TiUEUNet(nn.Module):
             timestep_embeddings = self.time_embedding(timesteps, dtype)
         # (K, D) -> (K*B, D), timestep-major: small, so a real copy is fine.
         emb = timestep_embeddings.repeat_interleave(batch, dim=0)
+        aug = features.added_embedding
+        if added_cond_kwargs is not None or (aug is None and self.has_added_conditions):
+            aug = self.added_embedding(added_cond_kwargs, batch, dtype)
+        if aug is not None:
+            # Row k*B + b is timestep k, sample b: aug[b] for every k.
+            emb = self._conditioning(emb, aug.repeat(num_steps, 1))
         text = self._decoder_text(encoder_hidden_states, num_steps)
 
         height, width = features.skips[0].shape[-2:]
@@ -237,8 +309,9 @@ class TiUEUNet(nn.Module):
         sample: torch.Tensor,
         timesteps: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict | None = None,
     ) -> torch.Tensor:
         """Encode at timesteps[0], decode at every timestep: (K, B, C, H, W)."""
         timesteps = torch.as_tensor(timesteps, device=sample.device).reshape(-1)
-        features = self.encode(sample, timesteps[0], encoder_hidden_states)
+        features = self.encode(sample, timesteps[0], encoder_hidden_states, added_cond_kwargs)
         return self.decode(features, timesteps, encoder_hidden_states)

@@ -27,7 +27,8 @@ __all__ = ["add_arguments", "run", "read_prompts", "image_name"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        help="hub id, local folder of a TiUE-distilled SD pipeline, or an embedded model's name "
+        help="hub id, local folder of a TiUE-distilled SD or SDXL pipeline (SDXL folders are recognised "
+        "by model_index.json), or an embedded model's name "
         "(default: the embedded default model, when installed)",
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")

@@ -157,7 +157,7 @@ def _sample_to_store(pipe, prompts, indices, spec: EvalSpec, store, progress: bo
     todo = store.missing(indices)
     if not todo:
         return 0.0, 0, None
-    on_cuda = pipe.device.type == "cuda"
+    on_cuda = torch.device(pipe.device).type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(pipe.device)
     # Untimed warm-up: the first call pays one-time allocation and dispatch costs.

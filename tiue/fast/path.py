@@ -123,7 +123,10 @@ class FastPath:
     # -- running -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, latents, text, timesteps, coeffs, decode: bool, guidance_scale: float | None = None) -> torch.Tensor:
+    def __call__(
+        self, latents, text, timesteps, coeffs, decode: bool, guidance_scale: float | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if self.graphs.use_cuda_graphs and self.graphs.check_fingerprint(self.weights_fingerprint()):
             self.stats.stale_drops += 1
             self._step_constants.clear()
@@ -137,16 +140,20 @@ class FastPath:
         coeffs = tuple(float(c) for c in coeffs)
         if self.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
-        key = GraphKey.of((latents, text), extra=(step_key, coeffs, decode, guidance_scale))
+        # SDXL's added conditions are per-call inputs like the text (graph inputs, not constants).
+        added_keys = tuple(sorted(added_cond_kwargs or {}))
+        inputs = (latents, text, *(added_cond_kwargs[k] for k in added_keys))
+        key = GraphKey.of(inputs, extra=(step_key, coeffs, decode, guidance_scale, added_keys))
 
-        def one_pass(latents, text):
-            return self._run(latents, text, timesteps, temb, coeffs, decode, guidance_scale)
+        def one_pass(latents, text, *added):
+            added_kwargs = dict(zip(added_keys, added)) if added_keys else None
+            return self._run(latents, text, timesteps, temb, coeffs, decode, guidance_scale, added_kwargs)
 
         first_time = key not in self._seen
         start = time.perf_counter()
         if self.graphs.use_cuda_graphs:
             captured_before = self.graphs.capture_seconds
-            out = self.graphs.run(key, one_pass, (latents, text))
+            out = self.graphs.run(key, one_pass, inputs)
             if first_time:
                 self.stats.capture_seconds += self.graphs.capture_seconds - captured_before
                 self.stats.captured_graphs += 1
@@ -155,7 +162,7 @@ class FastPath:
                     0.0, time.perf_counter() - start - (self.graphs.capture_seconds - captured_before)
                 )
         else:
-            out = one_pass(latents, text)
+            out = one_pass(*inputs)
             if first_time and self._compiled:
                 self.stats.compile_seconds += time.perf_counter() - start
         if first_time:

@@ -36,9 +36,10 @@ def encoder_parts(unet: UNet2DConditionModel) -> list[torch.nn.Module]:
 
 @torch.no_grad()
 def reference_decoder_outputs(
-    unet: UNet2DConditionModel, noise: torch.Tensor, timesteps, text: torch.Tensor
+    unet: UNet2DConditionModel, noise: torch.Tensor, timesteps, text: torch.Tensor, added_cond_kwargs=None
 ) -> torch.Tensor:
-    """(K, B, C, H, W) decoder outputs, one full UNet forward per timestep."""
+    """(K, B, C, H, W) decoder outputs, one full UNet forward per timestep (`added_cond_kwargs`:
+    an SDXL-class UNet's text_embeds and time_ids, passed to every forward)."""
     parts = encoder_parts(unet)
     captured: dict[int, object] = {}
 
@@ -49,11 +50,11 @@ def reference_decoder_outputs(
         return lambda module, args, output: captured[i]
 
     with _hooks([(m, capture(i)) for i, m in enumerate(parts)]):
-        unet(noise, timesteps[0], text)
+        unet(noise, timesteps[0], text, added_cond_kwargs=added_cond_kwargs)
     outputs = []
     with _hooks([(m, replace(i)) for i, m in enumerate(parts)]):
         for t in timesteps:
-            outputs.append(unet(noise, t, text).sample)
+            outputs.append(unet(noise, t, text, added_cond_kwargs=added_cond_kwargs).sample)
     return torch.stack(outputs)
 
 
@@ -64,13 +65,14 @@ def reference_loopfree_latents(
     noise: torch.Tensor,
     text: torch.Tensor,
     num_steps: int,
+    added_cond_kwargs=None,
 ) -> torch.Tensor:
     """z_0 of TiUE sampling, by a per-step scheduler.step chain over reference decoder outputs."""
     unet = copy.deepcopy(unet)
     unet.set_attn_processor(AttnProcessor2_0())  # diffusers' own attention, not tiue's
     scheduler = DDIMScheduler.from_config(scheduler_config)
     scheduler.set_timesteps(num_steps)
-    outputs = reference_decoder_outputs(unet, noise, scheduler.timesteps, text)
+    outputs = reference_decoder_outputs(unet, noise, scheduler.timesteps, text, added_cond_kwargs)
     z = noise
     for t, out in zip(scheduler.timesteps, outputs):
         z = scheduler.step(out, t, z, eta=0.0).prev_sample
