@@ -60,9 +60,9 @@ def build_tokenizer(directory: str | Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(directory), model_max_length=77)
 
 
-def build_text_encoder(vocab_size: int, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def tiny_text_config(vocab_size: int, hidden_size: int = 32, **extra) -> CLIPTextConfig:
+    """A 2-layer CLIP text config over the generated tokenizer (its last ids are the specials)."""
+    return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -72,8 +72,13 @@ def build_text_encoder(vocab_size: int, hidden_size: int = 32, seed: int = 0) ->
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
+        **extra,
     )
-    return CLIPTextModel(config).eval()
+
+
+def build_text_encoder(vocab_size: int, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    return CLIPTextModel(tiny_text_config(vocab_size, hidden_size)).eval()
 
 
 def build_unet(

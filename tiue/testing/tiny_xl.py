@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 from tiue.schedule import SD21_SCHEDULER_CONFIG
 from tiue.testing.tiny import (
@@ -20,6 +20,7 @@ from tiue.testing.tiny import (
     build_tokenizer,
     build_vae,
     randomize_zero_parameters,
+    tiny_text_config,
 )
 
 __all__ = ["ADDITION_TIME_EMBED_DIM", "build_text_encoder_2", "build_xl_components", "build_xl_unet", "save_tiny_xl_pipeline"]
@@ -31,18 +32,7 @@ def build_text_encoder_2(vocab_size: int, hidden_size: int = 32, projection_dim:
     """The second text encoder: CLIP with a text projection, whose projected pooled output is SDXL's
     pooled prompt embedding."""
     torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        projection_dim=projection_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+    config = tiny_text_config(vocab_size, hidden_size, projection_dim=projection_dim)
     return CLIPTextModelWithProjection(config).eval()
 
 
