@@ -177,3 +177,38 @@ def test_graph_cache_keys_buffers_and_copy_out():
     assert len(cache) == 2
     cache.clear()
     assert len(cache) == 0
+
+
+def test_frozen_weights_compile_and_a_weight_swap_recompiles(tiny_pipeline_dir, tmp_path):
+    """freeze_weights: inductor folds the weights into the compiled code, so new weights must
+    rebuild the fast path; the images then follow the new weights, not the frozen ones."""
+    eager = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    frozen = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    for pipe in (eager, frozen):
+        pipe.set_progress_bar_config(disable=True)
+    torch._dynamo.reset()
+    frozen.enable_fast_path(freeze_weights=True)
+    expected = eager(PROMPTS, latents=latents(2), output_type="pt").images
+    assert relative_error(frozen(PROMPTS, latents=latents(2), output_type="pt").images, expected) <= 1e-3
+
+    generator = torch.Generator().manual_seed(7)
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in eager.unet.state_dict().items()}
+    eager.unet.load_state_dict(state)
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "student.safetensors")
+    before = frozen._fast_path
+    frozen.load_unet_weights(tmp_path / "student.safetensors")
+    # Rebuilt with the same settings (a fresh compile), since frozen code may hold copies of the
+    # old weights (oneDNN prepacking); the images follow the new weights.
+    assert frozen._fast_path is not before and frozen._fast_path.freeze_weights
+    expected = eager(PROMPTS, latents=latents(2), output_type="pt").images
+    assert relative_error(frozen(PROMPTS, latents=latents(2), output_type="pt").images, expected) <= 1e-3
+
+
+def test_frozen_weights_need_a_plain_compile(tiny_pipeline_dir):
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(ValueError, match=r"freeze_weights: needs compile=True and compile_mode=None"):
+        pipe.enable_fast_path(compile=False, freeze_weights=True)
+    with pytest.raises(ValueError, match=r"freeze_weights: needs compile=True"):
+        pipe.enable_fast_path(compile_mode="max-autotune-no-cudagraphs", freeze_weights=True)

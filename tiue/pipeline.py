@@ -117,6 +117,7 @@ class TiUEPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._tiue_unet: TiUEUNet | None = None
         self._fast_path: FastPath | None = None
+        self._fast_path_settings: dict = {}  # what enable_fast_path was given, to rebuild it
         self._coefficient_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def with_timestep_spacing(self, timestep_spacing: str | None) -> "TiUEPipeline":
@@ -224,6 +225,7 @@ class TiUEPipeline(DiffusionPipeline):
         fuse_qkv: bool = True,
         channels_last: bool = True,
         compile_mode: str | None = None,
+        freeze_weights: bool = False,
     ) -> FastPathStats:
         """Compile the one pass (fullgraph, no recompiles for a seen shape) and, on CUDA, capture
         it into one CUDA graph per (batch, height, width, K, dtype). Call after `.to(device)`.
@@ -235,6 +237,10 @@ class TiUEPipeline(DiffusionPipeline):
             channels_last: channels_last memory format for the UNet and the VAE.
             compile_mode: passed to torch.compile (default: inductor's default mode). With CUDA graphs
                 on, "reduce-overhead" and "max-autotune" are refused: inductor's own graphs would nest.
+            freeze_weights: let inductor treat the weights as constants (folded, and on a CPU prepacked
+                for oneDNN). On this project's small CPU benchmark UNet it brought the fast path from
+                0.93x to 0.88x of the paper's way (docs/benchmarks.md). `load_unet_weights` then
+                recompiles.
 
         Returns the stats object (compile_seconds, capture_seconds, ...), also at
         `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.
@@ -247,15 +253,10 @@ class TiUEPipeline(DiffusionPipeline):
                 "remove_all_hooks() and .to(device) first"
             )
         self.disable_fast_path()
-        self._fast_path = FastPath(
-            self.tiue_unet,
-            self.vae,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-            fuse_qkv=fuse_qkv,
-            channels_last=channels_last,
-            compile_mode=compile_mode,
-        )
+        settings = dict(compile=compile, cuda_graphs=cuda_graphs, fuse_qkv=fuse_qkv, channels_last=channels_last,
+                        compile_mode=compile_mode, freeze_weights=freeze_weights)
+        self._fast_path = FastPath(self.tiue_unet, self.vae, **settings)
+        self._fast_path_settings = settings
         return self._fast_path.stats
 
     def disable_fast_path(self) -> None:
@@ -294,8 +295,17 @@ class TiUEPipeline(DiffusionPipeline):
         """Copy new UNet weights of the same architecture into the live UNet, in place.
 
         Accepts a state dict, a .safetensors file, a UNet folder or a pipeline folder. The
-        next call uses them without recompiling or recapturing. Returns the tensor count.
+        next call uses them without recompiling or recapturing, except with
+        `enable_fast_path(freeze_weights=True)`, whose compiled code holds the old weights as
+        constants: that fast path is rebuilt (one recompile). Returns the tensor count.
         """
+        if self._fast_path is not None and self._fast_path.freeze_weights:
+            settings = self._fast_path_settings
+            _log.warning("load_unet_weights: the fast path froze the old weights; recompiling it")
+            self.disable_fast_path()
+            count = load_weights_in_place(self.unet, path_or_state_dict)
+            self.enable_fast_path(**settings)
+            return count
         count = load_weights_in_place(self.unet, path_or_state_dict)
         if self._fast_path is not None:
             self._fast_path.refresh_timestep_embeddings()

@@ -54,10 +54,14 @@ class FastPath:
         channels_last: channels_last memory format for the UNet and the VAE.
         compile_mode: torch.compile mode (None: inductor's default). With CUDA graphs on, the modes
             that capture graphs of their own ("reduce-overhead", "max-autotune") are refused.
+        freeze_weights: inductor's freezing: the weights become constants of the compiled code,
+            which folds them and (on CPU) prepacks them for oneDNN. New weights then need a
+            recompile (TiUEPipeline.load_unet_weights does it). Needs `compile`, no `compile_mode`.
     """
 
     def __init__(
-        self, tiue_unet, vae, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None
+        self, tiue_unet, vae, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None,
+        freeze_weights=False,
     ):
         from tiue.attention import TiUECrossAttnProcessor
 
@@ -66,6 +70,11 @@ class FastPath:
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
         check_compile_mode(compile_mode, cuda_graphs)
+        if freeze_weights and (not compile or compile_mode is not None):
+            raise ValueError(
+                f"freeze_weights: needs compile=True and compile_mode=None (torch.compile takes either a mode "
+                f"or inductor options), got compile={compile}, compile_mode={compile_mode!r}"
+            )
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs: True needs the pipeline on a CUDA device, it is on {device}")
         self.tiue_unet, self.unet, self.vae = tiue_unet, unet, vae
@@ -79,11 +88,13 @@ class FastPath:
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
         self.one_pass = OnePass(tiue_unet, vae)
-        self._run = (
-            torch.compile(self.one_pass, fullgraph=True, dynamic=False, mode=compile_mode)
-            if compile
-            else self.one_pass
-        )
+        self.freeze_weights = freeze_weights
+        if not compile:
+            self._run = self.one_pass
+        elif freeze_weights:
+            self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, options={"freezing": True})
+        else:
+            self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, mode=compile_mode)
         self._compiled = compile
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
