@@ -30,25 +30,17 @@ from pathlib import Path
 from types import ModuleType
 
 from tiue import build_spec
+from tiue.cache import CACHE_ENV, cache_root
 
-__all__ = ["CACHE_ENV", "NO_BUILD_ENV", "cache_folder", "cache_root", "estimate_s", "load"]
+__all__ = ["CACHE_ENV", "NO_BUILD_ENV", "cache_folder", "estimate_s", "load"]
 
 NO_BUILD_ENV = "TIUE_NO_JIT_BUILD"
-CACHE_ENV = "TIUE_CACHE"
 # Seconds one source file took to compile (torch's headers dominate): C++ only on 2 shared cores
 # took 41 s for 3 files, C++ and CUDA on 16 cores 19 s for 6. Said in the notice so that nobody
 # takes the wait for a hang.
 SECONDS_PER_FILE = 20
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def cache_root() -> Path:
-    """The tiue cache folder: $TIUE_CACHE, else $XDG_CACHE_HOME/tiue, else ~/.cache/tiue."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser().absolute()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "tiue"
 
 
 def load(why_missing: str, build: bool = True) -> tuple[ModuleType | None, str | None]:

@@ -18,13 +18,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tiue.cache import cache_root
 from tiue.eval.preprocessing import list_image_files
 
 __all__ = ["folder_features", "default_cache_dir", "file_fingerprint"]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tiue" / "eval"
+    """<tiue's cache folder>/eval: ~/.cache/tiue/eval unless TIUE_CACHE or XDG_CACHE_HOME say otherwise."""
+    return cache_root() / "eval"
 
 
 def file_fingerprint(path: str | Path | None) -> str:
