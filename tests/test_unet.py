@@ -59,21 +59,37 @@ def test_decode_rejects_text_of_another_batch():
             wrapper.decode(features, torch.tensor([500, 1]), torch.randn(3, 77, 32))
 
 
+def _sd_unet():
+    return build_unet("tiny")
+
+
+def _xl_unet():
+    from tiue.testing.tiny_xl import build_xl_unet
+
+    return build_xl_unet()
+
+
 @pytest.mark.parametrize(
-    "overrides, key",
+    "base, overrides, key",
     [
-        (dict(class_embed_type="timestep"), "class_embed_type"),
-        (dict(num_class_embeds=10), "num_class_embeds"),
-        (dict(addition_embed_type="text"), "addition_embed_type"),
-        (dict(encoder_hid_dim=32), "encoder_hid_dim"),
-        (dict(attention_type="gated"), "attention_type"),
+        (_sd_unet, dict(class_embed_type="timestep"), "class_embed_type"),
+        (_sd_unet, dict(num_class_embeds=10), "num_class_embeds"),
+        (_sd_unet, dict(addition_embed_type="text"), "addition_embed_type"),
+        (_sd_unet, dict(encoder_hid_dim=32), "encoder_hid_dim"),
+        (_sd_unet, dict(attention_type="gated"), "attention_type"),
+        # SDXL's "text_time" splits; what still cannot be split keeps naming its key.
+        (_xl_unet, dict(addition_embed_type="text"), "addition_embed_type"),
+        (_xl_unet, dict(class_embed_type="timestep"), "class_embed_type"),
+        (_xl_unet, dict(encoder_hid_dim=64), "encoder_hid_dim"),
+        (_xl_unet, dict(attention_type="gated"), "attention_type"),
     ],
+    ids=lambda value: value.__name__.strip("_") if callable(value) else None,
 )
-def test_unsplittable_configs_name_the_key(overrides, key):
+def test_unsplittable_configs_name_the_key(base, overrides, key):
     from diffusers import UNet2DConditionModel
 
     # Private keys such as _use_default_values would make from_config ignore the overrides.
-    config = {k: v for k, v in build_unet("tiny").config.items() if not k.startswith("_")}
+    config = {k: v for k, v in base().config.items() if not k.startswith("_")}
     config.update(overrides)
     try:
         unet = UNet2DConditionModel.from_config(config)

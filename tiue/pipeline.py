@@ -370,18 +370,22 @@ class TiUEPipeline(DiffusionPipeline):
             text = torch.cat([unconditional, text])
         noise_sigma = self.scheduler.init_noise_sigma if mode == "loop" else 1.0  # the pass is DDIM's
         latents = self.prepare_latents(batch_size, height, width, text.dtype, device, generator, latents, noise_sigma)
+        return self._generate(latents, text, num_inference_steps, guidance_scale if guided else None, generator,
+                              mode, output_type, return_dict)
 
+    def _generate(
+        self, latents, text, num_steps: int, guidance_scale: float | None, generator, mode: str, output_type: str,
+        return_dict: bool, added_cond_kwargs: dict | None = None,
+    ) -> TiUEPipelineOutput | tuple:
+        """From z_K and the (guided) text rows to the output: the one pass or the loop, the VAE,
+        post-processing. Shared by every pipeline of this family."""
         decode = output_type != "latent"
-        scale = guidance_scale if guided else None
         if mode == "loopfree":
-            image = self._loopfree_pass(latents, text, num_inference_steps, decode, scale)
+            image = self._loopfree_pass(latents, text, num_steps, decode, guidance_scale, added_cond_kwargs)
         else:
-            z0 = self._sample_loop(latents, text, num_inference_steps, scale, generator)
+            image = self._sample_loop(latents, text, num_steps, guidance_scale, generator, added_cond_kwargs)
             if decode:
-                z0 = z0.to(self.vae.dtype) / self.vae.config.scaling_factor
-                image = self.vae.decode(z0, return_dict=False)[0]
-            else:
-                image = z0
+                image = self.vae.decode(image.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
         if decode:
             image = self.image_processor.postprocess(
                 image, output_type=output_type, do_denormalize=[True] * image.shape[0]

@@ -290,16 +290,5 @@ class TiUEXLPipeline(TiUEPipeline):
         if decode:
             self._upcast_vae_if_needed()
 
-        scale = guidance_scale if guided else None
-        if mode == "loopfree":
-            image = self._loopfree_pass(latents, text, num_inference_steps, decode, scale, added_cond_kwargs)
-        else:
-            image = self._sample_loop(latents, text, num_inference_steps, scale, generator, added_cond_kwargs)
-            if decode:
-                image = self.vae.decode(image.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-        if decode:
-            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return TiUEPipelineOutput(images=image)
+        return self._generate(latents, text, num_inference_steps, guidance_scale if guided else None, generator,
+                              mode, output_type, return_dict, added_cond_kwargs)
