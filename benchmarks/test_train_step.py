@@ -174,7 +174,7 @@ class PaperStyleStep:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
 
     def encode_one_by_one(self, captions: list[str]) -> torch.Tensor:
-        return torch.cat([self.trainer._encode([caption]) for caption in captions])
+        return torch.cat([self.trainer._encode([caption]).text for caption in captions])
 
     def student_outputs(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         unet, k, batch = self.student_unet, len(self.timesteps), z.shape[0]

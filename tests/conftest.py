@@ -26,6 +26,14 @@ def tiny_pipeline_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def xl_dir(tmp_path_factory):
+    """A StableDiffusionXLPipeline folder with tiny random models (Euler scheduler config, as SDXL)."""
+    from tiue.testing.tiny_xl import save_tiny_xl_pipeline
+
+    return save_tiny_xl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def tiny_v_pipeline_dir(tmp_path_factory):
     """As tiny_pipeline_dir, with v-prediction and linear attention projections (as SD2.x)."""
     from tiue.testing.tiny import save_tiny_pipeline

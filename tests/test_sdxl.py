@@ -12,18 +12,13 @@ from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 from tiue import TiUEPipeline, TiUEUNet, TiUEXLPipeline
 from tiue.testing.reference import reference_decoder_outputs, reference_loopfree_latents
 from tiue.testing.tiny import build_unet
-from tiue.testing.tiny_xl import build_xl_unet, save_tiny_xl_pipeline
+from tiue.testing.tiny_xl import build_xl_unet
 
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse"]
 
 
 def relative_error(actual, expected):
     return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
-@pytest.fixture(scope="module")
-def xl_dir(tmp_path_factory):
-    return save_tiny_xl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,10 @@ XL_PIPELINE_CLASS_NAME = "TiUEXLPipeline"
 # model_index.json class names that mark an SDXL-class folder (with the text_encoder_2 entry).
 XL_CLASS_NAMES = ("StableDiffusionXLPipeline", XL_PIPELINE_CLASS_NAME)
 
-__all__ = ["XL_CLASS_NAMES", "XL_PIPELINE_CLASS_NAME", "TiUEXLPipeline", "encode_xl_prompt", "is_xl_model_index"]
+__all__ = [
+    "XL_CLASS_NAMES", "XL_PIPELINE_CLASS_NAME", "TiUEXLPipeline", "check_xl_added_embedding", "encode_xl_prompt",
+    "is_xl_model_index",
+]
 
 
 def is_xl_model_index(index: dict) -> bool:
@@ -53,6 +56,20 @@ def encode_xl_prompt(
         raise ValueError("text_encoder_2: expected a CLIPTextModelWithProjection (it gives SDXL's pooled embedding)")
     dtype = text_encoders[-1].dtype
     return torch.cat(hidden, dim=-1).to(dtype=dtype, device=device), pooled.to(dtype=dtype, device=device)
+
+
+def check_xl_added_embedding(unet: UNet2DConditionModel, pooled_width: int, flag: str = "unet") -> None:
+    """Refuse a UNet whose added embedding is not SDXL-base's: six time ids and the pooled text
+    embedding of `pooled_width` (the refiner's five ids with an aesthetic score are not supported)."""
+    num_ids = 6
+    per_id = unet.config.addition_time_embed_dim
+    expected = unet.add_embedding.linear_1.in_features
+    if per_id * num_ids + pooled_width != expected:
+        raise ValueError(
+            f"{flag}: its added embedding takes {expected} features, but {num_ids} time ids of "
+            f"{per_id} and a pooled text embedding of {pooled_width} make "
+            f"{per_id * num_ids + pooled_width}; is it an SDXL refiner? (not supported)"
+        )
 
 
 def _as_prompt_list(name: str, value, default: list[str]) -> list[str]:
@@ -178,15 +195,7 @@ class TiUEXLPipeline(TiUEPipeline):
     def time_ids(self, original_size, crops_coords_top_left, target_size, rows: int, dtype, device) -> torch.Tensor:
         """SDXL's six micro-conditioning ids per row, checked against the UNet's added embedding."""
         ids = [*original_size, *crops_coords_top_left, *target_size]
-        config = self.unet.config
-        pooled_width = self.text_encoder_2.config.projection_dim
-        expected = self.unet.add_embedding.linear_1.in_features
-        if config.addition_time_embed_dim * len(ids) + pooled_width != expected:
-            raise ValueError(
-                f"unet: its added embedding takes {expected} features, but {len(ids)} time ids of "
-                f"{config.addition_time_embed_dim} and a pooled text embedding of {pooled_width} make "
-                f"{config.addition_time_embed_dim * len(ids) + pooled_width}; is it an SDXL refiner? (not supported)"
-            )
+        check_xl_added_embedding(self.unet, self.text_encoder_2.config.projection_dim)
         return torch.tensor([ids], dtype=dtype, device=device).repeat(rows, 1)
 
     # -- VAE -----------------------------------------------------------------------------

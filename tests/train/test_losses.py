@@ -92,7 +92,7 @@ def test_vsd_gradient_on_x0_is_sigma_squared_score_difference_over_numel(predict
     assert t.dtype == torch.int64 and 20 <= t.min() and t.max() <= 980
     alpha = scheduler.alphas_cumprod[t].float()
     noisy = closed_form_noisy(x0.detach(), draws.vsd_noise, alpha)
-    null = step.null_text.expand(B, -1, -1)
+    null = step.null_text.text.expand(B, -1, -1)
     with torch.no_grad():
         teacher.disable_adapters()  # the paper's way: four separate passes
         t_cond, t_uncond = (teacher(noisy, t, c).sample for c in (text, null))
@@ -117,7 +117,7 @@ def test_lora_loss_is_alphabar_weighted_mse_with_null_prompt_dropout(prediction_
     t = draws.lora_timesteps
     alpha = scheduler.alphas_cumprod[t].float()
     noisy = closed_form_noisy(x0, draws.lora_noise, alpha)
-    prompts = torch.stack([step.null_text[0], text[1]])
+    prompts = torch.stack([step.null_text.text[0], text[1]])
     with torch.no_grad():
         eps = as_epsilon(teacher(noisy, t, prompts).sample, noisy, alpha, prediction_type)
     w = alpha.sqrt().reshape(-1, 1, 1, 1)

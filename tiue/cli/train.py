@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config", type=Path, help="YAML file of settings (keys as the flags, dashes or underscores; "
         "diffusers' training-example names such as train_batch_size or max_train_steps also read)")
     models = parser.add_argument_group("models and data")
-    models.add_argument("--teacher", help="SD 1.x/2.x pipeline: hub id or local folder")
+    models.add_argument("--teacher", help="SD 1.x/2.x or SDXL-class pipeline: hub id or local folder")
     models.add_argument("--student", help="initial student UNet (pipeline or UNet folder); default the teacher's")
     models.add_argument("--revision", help="Hub revision (branch, tag or commit) of --teacher and --student")
     models.add_argument("--variant", help="weight-file variant of --teacher and --student, e.g. fp16 "
@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--batch-size", type=int, help="prompts per process per micro-step (default 8)")
     length.add_argument("--global-batch-size", type=int, help="prompts per micro-step over all processes")
     length.add_argument("--gradient-accumulation-steps", type=int, help="micro-steps per optimizer step (default 1)")
-    length.add_argument("--resolution", type=int, help="image size in pixels (default: the teacher's)")
+    length.add_argument(
+        "--resolution", type=int,
+        help="image size in pixels (default: the teacher's); for an SDXL teacher also its time ids (original and target size)",
+    )
     method = parser.add_argument_group("method (defaults from the paper)")
     method.add_argument("--num-steps", type=int, help="K, the student's decoder steps (default 4)")
     method.add_argument("--lambda-kl", type=float, help="weight of the KL sum (default 0.1)")

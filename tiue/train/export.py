@@ -1,6 +1,6 @@
 """OUTPUT/final: a pipeline folder TiUEPipeline.from_pretrained loads, written atomically.
 
-    final/                 a TiUEPipeline folder (model_index.json, ...) with a README.md model card
+    final/                 a TiUEPipeline folder (TiUEXLPipeline for an SDXL teacher) with a README.md model card
     final/unet             the student's EMA weights (what users sample with)
     final/unet_raw         the student's raw weights, a UNet2DConditionModel folder
     final/lora             the fake-score LoRA adapter (diffusers/peft format)
@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from tiue.files import atomic_directory
 from tiue.train.ema import EMA
-from tiue.train.models import LORA_ADAPTER
+from tiue.train.models import LORA_ADAPTER, load_xl_text_parts, is_xl_unet
 
 __all__ = ["export_final"]
 
@@ -48,9 +48,9 @@ def export_final(
     """revision, variant: the teacher's, as the run loaded it (--revision, --variant)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from tiue.pipeline import TiUEPipeline
-
     from tiue.embedded import resolve_model
+    from tiue.pipeline import TiUEPipeline
+    from tiue.pipeline_xl import TiUEXLPipeline
 
     base_model = teacher
     teacher = resolve_model(teacher)
@@ -58,13 +58,17 @@ def export_final(
     ema_unet = _unet_with(ema.state_dict(), student_unet.config)
     revision_only = {"revision": revision} if revision is not None else {}
     options = dict(revision_only, **({"variant": variant} if variant is not None else {}))
-    pipe = TiUEPipeline(
+    components = dict(
         vae=AutoencoderKL.from_pretrained(teacher, subfolder="vae", **options),
         text_encoder=CLIPTextModel.from_pretrained(teacher, subfolder="text_encoder", **options),
         tokenizer=CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer", **revision_only),
         unet=ema_unet,
         scheduler=scheduler,
     )
+    if is_xl_unet(ema_unet):
+        pipe = TiUEXLPipeline(**components, **load_xl_text_parts(teacher, revision, options))
+    else:
+        pipe = TiUEPipeline(**components)
     with atomic_directory(output) as tmp:
         card = dict(name=str(output), base_model=base_model, num_steps=summary.get("config", {}).get("num_steps", 4),
                     training=summary)

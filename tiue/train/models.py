@@ -6,8 +6,10 @@
   the LoRA weights are fp32 for their optimizer.
 - The student is a TiUEUNet over its own fp32 UNet, initialised from the teacher's weights
   (or from --student).
-- Frozen: the text encoder in the mixed-precision dtype, the VAE in fp32 (as the official
+- Frozen: the text encoder(s) in the mixed-precision dtype, the VAE in fp32 (as the official
   script: SD's VAE overflows in fp16).
+- SDXL-class teachers (addition_embed_type="text_time") bring a second tokenizer and text
+  encoder and their pipeline's force_zeros_for_empty_prompt; the UNets are handled alike.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "TeacherParts",
     "LORA_ADAPTER",
     "BASE_ADAPTER",
+    "is_xl_unet",
+    "load_xl_text_parts",
     "load_teacher_parts",
     "load_student",
     "add_fake_score_lora",
@@ -46,6 +50,27 @@ class TeacherParts:
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     scheduler: DDIMScheduler
+    # SDXL-class teachers only (None otherwise):
+    tokenizer_2: object | None = None
+    text_encoder_2: torch.nn.Module | None = None
+    force_zeros_for_empty_prompt: bool | None = None
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def tokenizers(self) -> tuple:
+        return (self.tokenizer,) if not self.is_xl else (self.tokenizer, self.tokenizer_2)
+
+    @property
+    def text_encoders(self) -> tuple:
+        return (self.text_encoder,) if not self.is_xl else (self.text_encoder, self.text_encoder_2)
+
+
+def is_xl_unet(unet: UNet2DConditionModel) -> bool:
+    """Whether the UNet takes SDXL's added conditions (pooled text embedding and time ids)."""
+    return unet.config.get("addition_embed_type") == "text_time"
 
 
 def _component_class(model: str, component: str) -> str | None:
@@ -76,7 +101,7 @@ def _load_unet(model: str, flag: str, **options) -> UNet2DConditionModel:
     try:
         check_splittable(unet)
     except (TypeError, NotImplementedError) as error:
-        raise type(error)(f"{flag}: {model} is not a Stable Diffusion 1.x/2.x UNet ({error})") from None
+        raise type(error)(f"{flag}: {model} is not a UNet tiue can split (SD 1.x/2.x or SDXL-class): {error}") from None
     return unet
 
 
@@ -84,10 +109,11 @@ def load_teacher_parts(
     teacher: str, weight_dtype: torch.dtype, unet_dtype: torch.dtype = torch.float32, *,
     revision: str | None = None, variant: str | None = None,
 ) -> TeacherParts:
-    """Tokenizer, text encoder, VAE and UNet of an SD 1.x/2.x pipeline (hub id or folder),
-    frozen: the text encoder in `weight_dtype`, the VAE in fp32, the UNet in `unet_dtype`; the
-    scheduler as a DDIMScheduler built from its config. `revision` and `variant` go to every
-    from_pretrained (the tokenizer and scheduler have no weight files, so no variant)."""
+    """Tokenizer, text encoder, VAE and UNet of an SD 1.x/2.x or SDXL pipeline (hub id or
+    folder), frozen: the text encoder(s) in `weight_dtype`, the VAE in fp32, the UNet in
+    `unet_dtype`; the scheduler as a DDIMScheduler built from its config. `revision` and
+    `variant` go to every from_pretrained (the tokenizer and scheduler have no weight files, so
+    no variant)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from tiue.embedded import resolve_model
@@ -104,17 +130,40 @@ def load_teacher_parts(
         scheduler = DDIMScheduler.from_config(
             DDIMScheduler.load_config(teacher, subfolder="scheduler", **_options(revision, None))
         )
+        xl = load_xl_text_parts(teacher, revision, options) if is_xl_unet(unet) else {}
     except (OSError, ValueError) as error:
+        expected = "tokenizer, text_encoder, vae, scheduler, unet" + (", tokenizer_2, text_encoder_2" if is_xl_unet(unet) else "")
         raise ValueError(
-            f"--teacher: {teacher!r} is not a Stable Diffusion pipeline (tokenizer, text_encoder, vae, "
-            f"scheduler, unet): {str(error).splitlines()[0]}"
+            f"--teacher: {teacher!r} is not a Stable Diffusion{' XL' if is_xl_unet(unet) else ''} pipeline "
+            f"({expected}): {str(error).splitlines()[0]}"
         ) from None
-    for module, dtype in ((text_encoder, weight_dtype), (vae, torch.float32), (unet, unet_dtype)):
+    if xl:
+        from tiue.pipeline_xl import check_xl_added_embedding
+
+        check_xl_added_embedding(unet, xl["text_encoder_2"].config.projection_dim, flag="--teacher")
+    text_encoders = [text_encoder] + ([xl["text_encoder_2"]] if xl else [])
+    for module, dtype in [*((m, weight_dtype) for m in text_encoders), (vae, torch.float32), (unet, unet_dtype)]:
         module.requires_grad_(False)
         module.eval()
         if module.dtype != dtype:  # (casting to the same dtype only prints warnings)
             module.to(dtype=dtype)
-    return TeacherParts(tokenizer, text_encoder, vae, unet, scheduler)
+    return TeacherParts(tokenizer, text_encoder, vae, unet, scheduler, **xl)
+
+
+def load_xl_text_parts(teacher: str, revision: str | None, options: dict) -> dict:
+    """An SDXL pipeline's second tokenizer and text encoder, and its force_zeros_for_empty_prompt
+    (model_index.json; diffusers' default, True, when the file does not say)."""
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(teacher, subfolder="text_encoder_2", **options)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(teacher, subfolder="tokenizer_2", **_options(revision, None))
+    index = DiffusionPipeline.load_config(teacher, **_options(revision, None))
+    return dict(
+        tokenizer_2=tokenizer_2,
+        text_encoder_2=text_encoder_2,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+    )
 
 
 def load_student(

@@ -10,37 +10,28 @@ __all__ = ["render_validation_grid", "write_validation_grid"]
 
 
 @torch.no_grad()
-def render_validation_grid(
-    *,
-    student_unet,
-    ema: EMA,
-    vae,
-    text_encoder,
-    tokenizer,
-    scheduler,
-    prompt_embeds: torch.Tensor,
-    num_steps: int,
-    resolution: int,
-    seed: int,
-):
+def render_validation_grid(*, pipe, ema: EMA, conditioning, num_steps: int, resolution: int, seed: int):
     """One PIL grid, one image per prompt, from the EMA weights swapped into the student.
 
-    The student's own weights are restored bit for bit afterwards. Seeds are fixed per prompt
-    so grids of different steps are comparable.
+    pipe: a TiUEPipeline (or TiUEXLPipeline) over the student UNet; conditioning: the prompts'
+    tiue.train.conditioning.Conditioning. The student's own weights are restored bit for bit
+    afterwards. Seeds are fixed per prompt so grids of different steps are comparable.
     """
     from tiue.images import make_grid
-    from tiue.pipeline import TiUEPipeline
 
-    pipe = TiUEPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=student_unet, scheduler=scheduler)
+    student_unet = pipe.unet
     pipe.set_progress_bar_config(disable=True)
-    device = prompt_embeds.device
-    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(prompt_embeds.shape[0])]
+    device = conditioning.text.device
+    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(conditioning.batch_size)]
+    inputs = {"prompt_embeds": conditioning.text.to(student_unet.dtype)}
+    if conditioning.added is not None:  # SDXL: the pipeline makes the same time ids from height/width
+        inputs["pooled_prompt_embeds"] = conditioning.added["text_embeds"].to(student_unet.dtype)
     was_training = student_unet.training
     student_unet.eval()
     try:
         with ema.swapped_into(student_unet):
             images = pipe(
-                prompt_embeds=prompt_embeds.to(student_unet.dtype),
+                **inputs,
                 num_inference_steps=num_steps,
                 height=resolution,
                 width=resolution,
@@ -59,8 +50,7 @@ def write_validation_grid(trainer):
     from tiue.files import atomic_path
 
     grid = render_validation_grid(
-        student_unet=trainer.student_unet, ema=trainer.ema, vae=trainer.vae, text_encoder=trainer.text_encoder,
-        tokenizer=trainer.tokenizer, scheduler=trainer.scheduler, prompt_embeds=trainer.validation_text,
+        pipe=trainer.models.pipeline(trainer.student_unet), ema=trainer.ema, conditioning=trainer.validation_text,
         num_steps=trainer.config.num_steps, resolution=trainer.resolution, seed=trainer.config.seed,
     )
     path = trainer.output_dir / "validation" / f"step-{trainer.step:08d}.png"

@@ -114,10 +114,44 @@ class RunModels:
     lora_params: list[torch.nn.Parameter]
     resolution: int
     latent_shape: tuple[int, int, int]
+    # SDXL-class teachers only (None otherwise):
+    tokenizer_2: object | None = None
+    text_encoder_2: torch.nn.Module | None = None
+    force_zeros_for_empty_prompt: bool | None = None
 
     @property
     def student_unet(self) -> torch.nn.Module:
         return self.student.unet
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def prompt_encoder(self, device: torch.device):
+        """Captions to the Conditioning every UNet of the run gets; SDXL's time ids follow
+        --resolution (original and target size, crop corner (0, 0))."""
+        from tiue.train.conditioning import PromptEncoder, xl_time_ids
+
+        if not self.is_xl:
+            return PromptEncoder((self.tokenizer,), (self.text_encoder,), device)
+        return PromptEncoder(
+            (self.tokenizer, self.tokenizer_2), (self.text_encoder, self.text_encoder_2), device,
+            time_ids=xl_time_ids(self.resolution), force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+        )
+
+    def pipeline(self, unet: torch.nn.Module):
+        """A sampling pipeline over the run's frozen parts and `unet` (TiUEXLPipeline for SDXL)."""
+        from tiue.pipeline import TiUEPipeline
+
+        common = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet, scheduler=self.scheduler)
+        if not self.is_xl:
+            return TiUEPipeline(**common)
+        from tiue.pipeline_xl import TiUEXLPipeline
+
+        return TiUEXLPipeline(
+            **common, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+        )
 
 
 def load_options(config: TrainConfig) -> dict[str, str]:
@@ -158,7 +192,8 @@ def build_models(config: TrainConfig, device: torch.device, weight_dtype: torch.
     if config.gradient_checkpointing:
         student.unet.enable_gradient_checkpointing()
         parts.unet.enable_gradient_checkpointing()
-    parts.text_encoder.to(device)
+    for text_encoder in parts.text_encoders:
+        text_encoder.to(device)
     parts.vae.to(device)
     return RunModels(
         tokenizer=parts.tokenizer,
@@ -170,6 +205,9 @@ def build_models(config: TrainConfig, device: torch.device, weight_dtype: torch.
         lora_params=lora_params,
         resolution=resolution,
         latent_shape=(parts.unet.config.in_channels, latent, latent),
+        tokenizer_2=parts.tokenizer_2,
+        text_encoder_2=parts.text_encoder_2,
+        force_zeros_for_empty_prompt=parts.force_zeros_for_empty_prompt,
     )
 
 

@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler
 
 from tiue.schedule import loopfree_coefficients
 from tiue.train import losses
+from tiue.train.conditioning import Conditioning, as_conditioning
 from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
 from tiue.train.randomness import StepDraws
 
@@ -68,11 +69,17 @@ class DistillationStep:
     """Losses of one step, given the student and the fake-score UNet (each may be DDP-wrapped).
 
     Args:
-        student: callable (z_K, timesteps (K,), text) -> (K, B, C, h, w), i.e. a TiUEUNet.
+        student: callable (z_K, timesteps (K,), text[, added_cond_kwargs]) -> (K, B, C, h, w),
+            i.e. a TiUEUNet.
         fake_score: the teacher UNet carrying the LORA_ADAPTER adapter.
         fake_score_unwrapped: the same UNet unwrapped, where the LoRA layers live (for hooks).
         scheduler: the DDIMScheduler built from the teacher's scheduler config.
-        null_text: (1, L, D) embedding of the empty prompt, computed once per run.
+        null_text: the empty prompt's Conditioning (one row), or its (1, L, D) text embedding
+            for an SD 1.x/2.x teacher; computed once per run.
+
+    Every `text` argument below is a Conditioning (tiue.train.conditioning): the text embeddings
+    and, for SDXL-class teachers, the added conditions, which every UNet pass of the step gets
+    alike. A bare (B, L, D) tensor stands for an SD teacher's conditioning.
         clip, vae, lambda_clip, clip_margin: the optional CLIP alignment loss (clip=None: off).
         autocast: a context-manager factory for the modules accelerate did not wrap (the VAE).
     """
@@ -83,7 +90,7 @@ class DistillationStep:
         fake_score,
         fake_score_unwrapped: torch.nn.Module,
         scheduler: DDIMScheduler,
-        null_text: torch.Tensor,
+        null_text: Conditioning | torch.Tensor,
         num_steps: int,
         guidance_scale: float,
         lambda_kl: float,
@@ -98,7 +105,7 @@ class DistillationStep:
         self.fake_score = fake_score
         self.fake_score_unwrapped = fake_score_unwrapped
         self.scheduler = scheduler
-        self.null_text = null_text
+        self.null_text = as_conditioning(null_text)
         self.guidance_scale = guidance_scale
         self.lambda_kl = lambda_kl
         self.prediction_type = scheduler.config.prediction_type
@@ -120,19 +127,21 @@ class DistillationStep:
             clip_margin=config.clip_margin, autocast=autocast,
         )
 
-    def null_batch(self, batch: int) -> torch.Tensor:
-        return self.null_text.expand(batch, *self.null_text.shape[1:])
+    def null_batch(self, batch: int) -> Conditioning:
+        return self.null_text.expand(batch)
 
     # -- student: x0, KL and VSD -----------------------------------------------------------
 
-    def student_forward(self, text: torch.Tensor, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+    def student_forward(self, text: Conditioning | torch.Tensor, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
         """(decoder outputs (K, B, C, h, w), x0 = the loop-free z_0)."""
-        outputs = self.student(draws.initial_noise, self.timesteps, text)
+        text = as_conditioning(text)
+        added = () if text.added is None else (text.added,)
+        outputs = self.student(draws.initial_noise, self.timesteps, text.text, *added)
         return outputs, losses.loopfree_latent(draws.initial_noise, outputs, self.coeffs)
 
     @torch.no_grad()
     def teacher_and_fake_score_eps(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, text: Conditioning | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """CFG epsilon of the frozen teacher and of the fake-score teacher, in ONE pass.
 
@@ -140,10 +149,11 @@ class DistillationStep:
         """
         batch = noisy.shape[0]
         rows = torch.cat([noisy] * 4)
-        texts = torch.cat([text, self.null_batch(batch)] * 2)
+        text = as_conditioning(text)
+        conditions = Conditioning.cat([text, self.null_batch(batch).to(text.text.dtype)] * 2)
         adapters = [BASE_ADAPTER] * (2 * batch) + [LORA_ADAPTER] * (2 * batch)
         with per_sample_adapters(self.fake_score_unwrapped, adapters):
-            out = self.fake_score(rows, timesteps.repeat(4), texts, return_dict=False)[0].float()
+            out = self.fake_score(rows, timesteps.repeat(4), **conditions.unet_kwargs(), return_dict=False)[0].float()
         teacher_cond, teacher_uncond, lora_cond, lora_uncond = out.chunk(4)
         alpha = self.alphas_cumprod[timesteps]
         eps_teacher = losses.to_epsilon(
@@ -157,7 +167,7 @@ class DistillationStep:
         return eps_teacher, eps_lora
 
     def student_losses(
-        self, text: torch.Tensor, draws: StepDraws, clip_text_features: torch.Tensor | None = None
+        self, text: Conditioning | torch.Tensor, draws: StepDraws, clip_text_features: torch.Tensor | None = None
     ) -> StudentResult:
         outputs, x0 = self.student_forward(text, draws)
         loss_kl = losses.kl_loss(outputs, self.lambda_kl)
@@ -181,12 +191,12 @@ class DistillationStep:
 
     # -- fake-score LoRA -------------------------------------------------------------------
 
-    def lora_loss(self, x0: torch.Tensor, text: torch.Tensor, draws: StepDraws) -> torch.Tensor:
+    def lora_loss(self, x0: torch.Tensor, text: Conditioning | torch.Tensor, draws: StepDraws) -> torch.Tensor:
         """Denoising loss of the fake-score teacher on the student's (detached) samples."""
         noisy = self.scheduler.add_noise(x0.detach(), draws.lora_noise, draws.lora_timesteps)
-        keep = ~draws.lora_null_prompt.reshape(-1, 1, 1)
-        text = torch.where(keep, text, self.null_batch(text.shape[0]).to(text.dtype))
-        out = self.fake_score(noisy, draws.lora_timesteps, text, return_dict=False)[0].float()
+        text = as_conditioning(text)
+        text = text.where(~draws.lora_null_prompt, self.null_batch(text.batch_size))
+        out = self.fake_score(noisy, draws.lora_timesteps, **text.unet_kwargs(), return_dict=False)[0].float()
         alpha = self.alphas_cumprod[draws.lora_timesteps]
         eps_lora = losses.to_epsilon(out, noisy, alpha, self.prediction_type)
         return losses.lora_loss(eps_lora, draws.lora_noise, alpha)

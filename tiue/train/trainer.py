@@ -125,7 +125,8 @@ class Trainer:
         acc = self.accelerator
         self.student_model, self.fake_score_model = acc.prepare(self.models.student, self.fake_score_unet)
         self.ema = EMA(self.student_unet, self.config.ema_decay)
-        self.null_text = self._encode([""])  # once per run
+        self.prompt_encoder = self.models.prompt_encoder(self.device)
+        self.null_text = self.prompt_encoder.null()  # once per run
         self.clip = None
         if self.config.clip_model:
             from tiue.train.clip_alignment import ClipAlignment
@@ -145,12 +146,9 @@ class Trainer:
             ModelUpdate("lora", self.lora_params, self.lora_optimizer, self.lora_lr),
         ]
 
-    @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings of a batch of prompts: one text-encoder call."""
-        from tiue.text import encode_prompt_embeddings
-
-        return encode_prompt_embeddings(self.tokenizer, self.text_encoder, prompts, self.device)
+    def _encode(self, prompts: list[str]):
+        """The Conditioning of a batch of prompts (text embeddings, and SDXL's added conditions)."""
+        return self.prompt_encoder(prompts)
 
     # -- the loop ------------------------------------------------------------------------
 
