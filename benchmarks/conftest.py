@@ -12,7 +12,9 @@ _OPTIONS = (
     ("--tiue-dtype", "fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)"),
     ("--tiue-results-dir", "directory for JSON/CSV/Markdown reports (default: benchmarks/results)"),
     # end-to-end suite (benchmarks/test_end_to_end.py)
-    ("--tiue-scale", "model scale: small or sd21 (default: small)"),
+    ("--tiue-scale", "model scale: small, sd21, small-xl or sdxl (default: small); small and "
+     "small-xl are CPU-sized SD- and SDXL-shaped models, sd21 and sdxl the SD2.1-base and SDXL-base "
+     "architectures (GPU)"),
     ("--tiue-rows", "comma-separated end-to-end rows to run (default: all, per device)"),
     ("--tiue-extra-results-dir", "a second directory that also receives the reports"),
     ("--tiue-image-size", "image side in pixels (default: per scale)"),
@@ -45,6 +47,8 @@ _END_TO_END_OPTIONS = (
      "c-unet-compiled (default: 1 on CPU, where each costs minutes of compile; else --tiue-batch-sizes)"),
     ("--tiue-threads", "end-to-end: torch CPU threads (default: 1 on CPU, steady on shared cores; "
      "torch's own on CUDA)"),
+    ("--tiue-fast-backend", "end-to-end: enable_fast_path's backend for rows f, f-unet: inductor or "
+     "openvino (default: the pipeline's choice, openvino for fp32 on a CPU when installed)"),
 )
 
 

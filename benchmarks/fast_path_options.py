@@ -33,12 +33,12 @@ def main(flags: list[str]) -> None:
     models = build_models("small", torch.device("cpu"), torch.float32)
     pipe = TiUEPipeline(**models.components())
     pipe.set_progress_bar_config(disable=True)
-    paper = PaperWaySampler(models.unet, models.vae, models.text_encoder, models.tokenizer,
-                            dict(models.ddim_scheduler().config))
+    paper = PaperWaySampler(models, image_size=128)
     noise = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    text = pipe.encode_prompt(["a red circle"])
+    cond = paper.encode_text(["a red circle"])
+    text = cond.text
     with torch.no_grad():
-        reference = paper.sample_latents(noise, text)
+        reference = paper.sample_latents(noise, cond)
         if "fast" in flags:
             pipe.enable_fast_path(channels_last="nocl" not in flags, freeze_weights="freeze" in flags)
 
@@ -47,7 +47,7 @@ def main(flags: list[str]) -> None:
                         output_type="latent").images
 
         def paper_call():
-            return paper.sample_latents(noise, text)
+            return paper.sample_latents(noise, cond)
 
         start = time.time()
         z0 = tiue_call()

@@ -1,8 +1,9 @@
-"""End-to-end latency: stock Stable Diffusion pipelines, the paper's way, tiue eager and tiue's
-fast path, on the same random-weight models (issue 4).
+"""End-to-end latency: stock Stable Diffusion (or SDXL) pipelines, the paper's way, tiue eager
+and tiue's fast path, on the same random-weight models (issue 4).
 
-    python -m pytest benchmarks/test_end_to_end.py -q -s                    # CPU, small scale
-    python -m pytest benchmarks/test_end_to_end.py --tiue-scale sd21 ...    # see --help, "tiue"
+    python -m pytest benchmarks/test_end_to_end.py -q -s                        # CPU, small scale
+    python -m pytest benchmarks/test_end_to_end.py -q -s --tiue-scale small-xl  # CPU, SDXL-shaped
+    python -m pytest benchmarks/test_end_to_end.py --tiue-scale sd21 ...        # GPU; or sdxl; see --help, "tiue"
 
 Each (row, batch size) is one test. Results go to benchmarks/results/<device>-<scale>.json,
 .csv, .md and .png, rewritten after every row; the Markdown table, with the issue's targets,

@@ -24,7 +24,7 @@ def pipes(tiny_pipeline_dir):
         pipe.set_progress_bar_config(disable=True)
     torch._dynamo.reset()
     counters.clear()
-    stats = fast.enable_fast_path()
+    stats = fast.enable_fast_path(backend="inductor")
     return eager, fast, stats
 
 

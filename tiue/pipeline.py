@@ -226,6 +226,7 @@ class TiUEPipeline(DiffusionPipeline):
         channels_last: bool = True,
         compile_mode: str | None = None,
         freeze_weights: bool = False,
+        backend: str | None = None,
     ) -> FastPathStats:
         """Compile the one pass (fullgraph, no recompiles for a seen shape) and, on CUDA, capture
         it into one CUDA graph per (batch, height, width, K, dtype). Call after `.to(device)`.
@@ -241,6 +242,13 @@ class TiUEPipeline(DiffusionPipeline):
                 for oneDNN). On this project's small CPU benchmark UNet it brought the fast path from
                 0.93x to 0.88x of the paper's way (docs/benchmarks.md). `load_unet_weights` then
                 recompiles.
+            backend: "inductor" (torch.compile) or "openvino" (fp32 on a CPU, needs
+                `pip install openvino`): the pass is converted to an OpenVINO model once per input
+                signature and run by OpenVINO's CPU plugin. None (default): "openvino" for a
+                compiled fp32 CPU pipeline with inductor's defaults when openvino is installed,
+                else "inductor"; `fast_path_backend` says which runs. On this project's CPU benchmark it runs
+                at 0.76-0.78x of the paper's way where inductor reaches 0.88-0.95x
+                (docs/benchmarks.md). Weights become constants: `load_unet_weights` reconverts.
 
         Returns the stats object (compile_seconds, capture_seconds, ...), also at
         `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.
@@ -254,7 +262,7 @@ class TiUEPipeline(DiffusionPipeline):
             )
         self.disable_fast_path()
         settings = dict(compile=compile, cuda_graphs=cuda_graphs, fuse_qkv=fuse_qkv, channels_last=channels_last,
-                        compile_mode=compile_mode, freeze_weights=freeze_weights)
+                        compile_mode=compile_mode, freeze_weights=freeze_weights, backend=backend)
         self._fast_path = FastPath(self.tiue_unet, self.vae, **settings)
         self._fast_path_settings = settings
         return self._fast_path.stats
@@ -264,6 +272,11 @@ class TiUEPipeline(DiffusionPipeline):
         if self._fast_path is not None:
             self._fast_path.remove()
             self._fast_path = None
+
+    @property
+    def fast_path_backend(self) -> str | None:
+        """The fast path's backend ("inductor" or "openvino"), None when it is off."""
+        return None if self._fast_path is None else self._fast_path.backend
 
     @property
     def fast_path_stats(self) -> FastPathStats | None:
@@ -296,10 +309,11 @@ class TiUEPipeline(DiffusionPipeline):
 
         Accepts a state dict, a .safetensors file, a UNet folder or a pipeline folder. The
         next call uses them without recompiling or recapturing, except with
-        `enable_fast_path(freeze_weights=True)`, whose compiled code holds the old weights as
-        constants: that fast path is rebuilt (one recompile). Returns the tensor count.
+        `enable_fast_path(freeze_weights=True)` or `backend="openvino"`, whose compiled code holds
+        the old weights as constants: that fast path is rebuilt (one recompile). Returns the
+        tensor count.
         """
-        if self._fast_path is not None and self._fast_path.freeze_weights:
+        if self._fast_path is not None and self._fast_path.bakes_weights:
             settings = self._fast_path_settings
             _log.warning("load_unet_weights: the fast path froze the old weights; recompiling it")
             self.disable_fast_path()

@@ -54,6 +54,7 @@ class SuiteConfig:
     teacher_warmup: int
     row_timeout: float
     threads: int | None
+    fast_backend: str | None
     results_dirs: tuple[Path, ...]
 
     @property
@@ -107,6 +108,7 @@ class SuiteConfig:
             # One thread on a CPU: on shared cores, OpenMP threads that wait on each other turn
             # every other process's load into 10x slower, erratic rows.
             threads=int(opt("--tiue-threads") or (0 if on_cuda else 1)) or None,
+            fast_backend=opt("--tiue-fast-backend"),
             results_dirs=tuple(dirs),
         )
 

@@ -1,18 +1,24 @@
 """Row d: TiUE sampling the way the paper's public code runs it, re-created for timing.
 
 The UNet encoder runs once, as in tiue; then every decoder input (each skip feature, the mid
-block output, the text embeddings) is copied K times with `.repeat` into one K*B batch, the
-decoder runs on that batch, and the K outputs drive a per-step DDIM chain of
-`scheduler.step` calls in Python. Eager, diffusers' default attention. Composed from the
-UNet's own blocks, so it computes what tiue computes, by the slower route.
+block output, the conditioning: text embeddings and, for SDXL-class UNets, the pooled text
+embedding and time ids) is copied K times with `.repeat` into one K*B batch, the decoder runs
+on that batch, and the K outputs drive a per-step DDIM chain of `scheduler.step` calls in
+Python. Eager, diffusers' default attention. Composed from the UNet's own blocks, so it
+computes what tiue computes, by the slower route.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 from diffusers.image_processor import VaeImageProcessor
-from transformers import CLIPTextModel, CLIPTokenizer
+
+from tiue.conditioning import Conditioning
+
+from .models import Models
 
 __all__ = ["PaperWaySampler"]
 
@@ -22,41 +28,36 @@ def _needs_text(block) -> bool:
 
 
 class PaperWaySampler:
-    def __init__(
-        self,
-        unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        scheduler_config: dict,
-        num_steps: int = 4,
-    ):
-        self.unet, self.vae = unet, vae
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+    def __init__(self, models: Models, image_size: int, num_steps: int = 4):
+        self.models, self.image_size = models, image_size
+        self.unet = models.unet
+        self.vae = _decoding_vae(models)
+        self.scheduler = DDIMScheduler.from_config(models.scheduler_config)
         self.num_steps = num_steps
-        self.image_processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+        self.image_processor = VaeImageProcessor(vae_scale_factor=models.vae_scale_factor)
+
+    def encode_text(self, prompts: list[str]) -> Conditioning:
+        return self.models.encode_prompts(prompts, self.image_size)
+
+    def _embedding(self, sample: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The UNet's emb(t) (+ the added embedding of SDXL-class UNets), as its forward makes it."""
+        unet = self.unet
+        emb = unet.time_embedding(unet.get_time_embed(sample, timesteps), None)
+        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=cond.text, added_cond_kwargs=cond.added)
+        if aug is not None:
+            emb = emb + aug
+        return emb if unet.time_embed_act is None else unet.time_embed_act(emb)
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids
-        return self.text_encoder(ids.to(self.unet.device))[0]
-
-    def _time_embedding(self, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.unet.time_embedding(self.unet.get_time_embed(sample, timesteps), None)
-
-    @torch.no_grad()
-    def sample_latents(self, noise: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """z_0 from the initial noise and text embeddings."""
+    def sample_latents(self, noise: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """z_0 from the initial noise and the conditioning."""
         unet, steps, batch = self.unet, self.num_steps, noise.shape[0]
         self.scheduler.set_timesteps(steps, device=noise.device)
         timesteps = self.scheduler.timesteps
+        text = cond.text
 
         # Encoder, once, at the first timestep.
-        emb = self._time_embedding(noise, timesteps[0])
+        emb = self._embedding(noise, timesteps[0], cond)
         hidden = unet.conv_in(noise)
         skips = [hidden]
         for block in unet.down_blocks:
@@ -68,13 +69,13 @@ class PaperWaySampler:
         # Decoder: every input copied K times, row k*B + b is timestep k, prompt b.
         hidden = hidden.repeat(steps, 1, 1, 1)
         skips = [s.repeat(steps, 1, 1, 1) for s in skips]
-        text_k = text.repeat(steps, 1, 1)
+        cond_k = cond.repeat(steps)
         step_times = timesteps.repeat_interleave(batch)
-        emb_k = self._time_embedding(hidden, step_times)
-        for i, block in enumerate(unet.up_blocks):
+        emb_k = self._embedding(hidden, step_times, cond_k)
+        for block in unet.up_blocks:
             res, skips = tuple(skips[-len(block.resnets):]), skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if skips else None
-            extra = {"encoder_hidden_states": text_k} if _needs_text(block) else {}
+            extra = {"encoder_hidden_states": cond_k.text} if _needs_text(block) else {}
             hidden = block(
                 hidden_states=hidden, temb=emb_k, res_hidden_states_tuple=res,
                 upsample_size=upsample_size, **extra,
@@ -89,7 +90,18 @@ class PaperWaySampler:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], noise: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1], (B, 3, H, W): text encoder, sampler, VAE decode."""
+        """Images in [0, 1], (B, 3, H, W): text encoder(s), sampler, VAE decode."""
         latents = self.sample_latents(noise, self.encode_text(prompts))
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        image = self.vae.decode(latents, return_dict=False)[0]
         return self.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * len(image))
+
+
+def _decoding_vae(models: Models):
+    """The VAE as an SDXL user runs it: SDXL's VAE overflows in fp16 (its config says
+    force_upcast), so decoding takes an fp32 copy, as TiUEXLPipeline keeps its VAE in fp32.
+    Every other VAE decodes as it is."""
+    vae = models.vae
+    if models.is_xl and vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+        return copy.deepcopy(vae).to(torch.float32)
+    return vae

@@ -2,7 +2,9 @@
 
 Every row runs the same weights. Rows that change modules in place (tiue's pipelines install
 their attention processors, the fast path fuses projections and compiles) get their own copy,
-so the stock rows stay stock.
+so the stock rows stay stock. At the SDXL-class scales the pipelines are the SDXL ones
+(StableDiffusionXLPipeline, TiUEXLPipeline) and the conditioning every row passes on carries
+the added conditions (pooled text embedding, time ids).
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
-from tiue import TiUEPipeline
+from tiue import TiUEPipeline, TiUEXLPipeline
+from tiue.conditioning import Conditioning
 
 from .measure import count_flops, synchronize
 from .models import Models
@@ -39,11 +46,11 @@ class Row:
 ROWS = {
     row.key: row
     for row in (
-        Row("a", "stock SD pipeline, 50 DDIM steps, CFG 7.5", teacher=True),
-        Row("b", "stock SD pipeline, 4 DDIM steps, no CFG"),
-        Row("c", "stock SD pipeline, 1 step, no CFG"),
+        Row("a", "stock pipeline (SD or SDXL), 50 DDIM steps, CFG 7.5", teacher=True),
+        Row("b", "stock pipeline (SD or SDXL), 4 DDIM steps, no CFG"),
+        Row("c", "stock pipeline (SD or SDXL), 1 step, no CFG"),
         Row("d", "paper's way: K=4 decoder inputs .repeat-ed, Python DDIM chain, eager"),
-        Row("e", "tiue eager (TiUEPipeline, loopfree, K=4)"),
+        Row("e", "tiue eager (TiUEPipeline or TiUEXLPipeline, loopfree, K=4)"),
         Row("f", "tiue fast path (enable_fast_path)", compiled=True),
         Row("b-unet", "UNet alone: 4-step DDIM loop (4 full UNet passes + scheduler.step)", unet_only=True),
         Row("c-unet", "UNet alone: one full UNet pass", unet_only=True),
@@ -87,11 +94,13 @@ class PreparedRow:
 class RowFactory:
     """Builds each row's callable on the right copy of the models, once per session."""
 
-    def __init__(self, models: Models, image_size: int, compile_mode: str | None = None):
+    def __init__(self, models: Models, image_size: int, compile_mode: str | None = None,
+                 fast_backend: str | None = None):
         self.models = models
         self.image_size = image_size
         self.compile_mode = compile_mode
-        self._inputs: dict[int, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        self.fast_backend = fast_backend  # None: enable_fast_path's own choice
+        self._inputs: dict[int, tuple[list[str], torch.Tensor, Conditioning]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -99,47 +108,38 @@ class RowFactory:
     def latent_size(self) -> int:
         return self.image_size // self.models.vae_scale_factor
 
-    def inputs(self, batch: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """(prompts, initial noise, text embeddings) for a batch, the same for every row."""
+    def inputs(self, batch: int) -> tuple[list[str], torch.Tensor, Conditioning]:
+        """(prompts, initial noise, the UNet's conditioning) for a batch, the same for every row."""
         if batch not in self._inputs:
             prompts = [f"a photograph of object number {i}, studio light" for i in range(batch)]
             generator = torch.Generator().manual_seed(batch)
             shape = (batch, self.models.unet.config.in_channels, self.latent_size, self.latent_size)
             noise = torch.randn(shape, generator=generator).to(self.models.device, self.models.dtype)
-            text = self.paper_way.encode_text(prompts)
-            self._inputs[batch] = (prompts, noise, text)
+            self._inputs[batch] = (prompts, noise, self.paper_way.encode_text(prompts))
         return self._inputs[batch]
 
     # -- model copies ---------------------------------------------------------------------
 
     @cached_property
-    def stock(self) -> StableDiffusionPipeline:
-        pipe = StableDiffusionPipeline(
-            **self.models.components(), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def stock(self) -> DiffusionPipeline:
+        return _stock_pipeline(self.models)
 
     @cached_property
     def paper_way(self) -> PaperWaySampler:
-        m = self.models
-        return PaperWaySampler(m.unet, m.vae, m.text_encoder, m.tokenizer, m.scheduler_config, TIUE_STEPS)
+        return PaperWaySampler(self.models, self.image_size, TIUE_STEPS)
 
     @cached_property
     def tiue_eager(self) -> TiUEPipeline:
-        pipe = TiUEPipeline(**self.models.copy().components())
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return _tiue_pipeline(self.models.copy())
 
     @cached_property
     def tiue_fast(self) -> tuple[TiUEPipeline, object]:
-        """A TiUEPipeline with the fast path on, and its stats object."""
-        pipe = TiUEPipeline(**self.models.copy().components())
-        pipe.set_progress_bar_config(disable=True)
+        """A TiUEPipeline (TiUEXLPipeline) with the fast path on, and its stats object."""
+        pipe = _tiue_pipeline(self.models.copy())
         if not hasattr(pipe, "enable_fast_path"):
             raise FastPathUnavailable("TiUEPipeline.enable_fast_path does not exist yet")
-        stats = pipe.enable_fast_path(compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True)
+        stats = pipe.enable_fast_path(compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True,
+                                      backend=self.fast_backend)
         return pipe, getattr(pipe, "fast_path_stats", None) or stats
 
     @cached_property
@@ -204,15 +204,15 @@ class RowFactory:
         return self._eager(lambda: self.paper_way(prompts, noise))
 
     def _row_d_unet(self, batch: int) -> PreparedRow:
-        _, noise, text = self.inputs(batch)
-        return self._eager(lambda: self.paper_way.sample_latents(noise, text))
+        _, noise, cond = self.inputs(batch)
+        return self._eager(lambda: self.paper_way.sample_latents(noise, cond))
 
     def _tiue_call(self, pipe: TiUEPipeline, batch: int, unet_part: bool) -> Callable[[], object]:
-        prompts, noise, text = self.inputs(batch)
+        prompts, noise, cond = self.inputs(batch)
         size = self.image_size
         if unet_part:
             return lambda: pipe(
-                prompt_embeds=text, latents=noise, num_inference_steps=TIUE_STEPS, height=size,
+                **cond.pipeline_kwargs(), latents=noise, num_inference_steps=TIUE_STEPS, height=size,
                 width=size, output_type="latent",
             ).images
         return lambda: pipe(
@@ -243,8 +243,9 @@ class RowFactory:
             capture_seconds=None if after is None else after[1] - before[1],
         )
         prepared.notes.append("FLOPs counted on the same call to the eager pipeline")
+        prepared.notes.append(f"fast-path backend: {getattr(pipe, 'fast_path_backend', None) or 'inductor'}")
         if not on_cuda:
-            prepared.notes.append("peak memory not measured: inductor's CPU code allocates outside ATen")
+            prepared.notes.append("peak memory not measured: compiled CPU code (inductor, OpenVINO) allocates outside ATen")
         return prepared
 
     def _row_f(self, batch: int) -> PreparedRow:
@@ -254,14 +255,14 @@ class RowFactory:
         return self._fast_row(batch, unet_part=True)
 
     def _row_b_unet(self, batch: int) -> PreparedRow:
-        _, noise, text = self.inputs(batch)
+        _, noise, cond = self.inputs(batch)
         unet, scheduler = self.models.unet, self.models.ddim_scheduler()
 
         def loop():
             scheduler.set_timesteps(TIUE_STEPS, device=noise.device)
             latents = noise
             for t in scheduler.timesteps:
-                eps = unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
+                eps = unet(latents, t, **cond.unet_kwargs(), return_dict=False)[0]
                 latents = scheduler.step(eps, t, latents, eta=0.0, return_dict=False)[0]
             return latents
 
@@ -273,19 +274,19 @@ class RowFactory:
         return scheduler.timesteps[0]
 
     def _row_c_unet(self, batch: int) -> PreparedRow:
-        _, noise, text = self.inputs(batch)
+        _, noise, cond = self.inputs(batch)
         t, unet = self._one_step_timestep(), self.models.unet
-        return self._eager(torch.no_grad()(lambda: unet(noise, t, encoder_hidden_states=text, return_dict=False)[0]))
+        return self._eager(torch.no_grad()(lambda: unet(noise, t, **cond.unet_kwargs(), return_dict=False)[0]))
 
     def _row_c_unet_compiled(self, batch: int) -> PreparedRow:
-        _, noise, text = self.inputs(batch)
+        _, noise, cond = self.inputs(batch)
         t, unet = self._one_step_timestep(), self.compiled_unet
         noise_cl = noise.contiguous(memory_format=torch.channels_last)
 
         @torch.no_grad()
         def call():
             # Cloned: inductor's CUDA graphs reuse their output buffers on the next replay.
-            return unet(noise_cl, t, encoder_hidden_states=text, return_dict=False)[0].clone()
+            return unet(noise_cl, t, **cond.unet_kwargs(), return_dict=False)[0].clone()
 
         start = time.perf_counter()
         call()  # the first call compiles
@@ -302,10 +303,29 @@ class RowFactory:
         return prepared
 
     def _row_e_unet(self, batch: int) -> PreparedRow:
-        _, noise, text = self.inputs(batch)
+        _, noise, cond = self.inputs(batch)
         pipe = self.tiue_eager
         timesteps = pipe.loopfree_schedule(TIUE_STEPS)[0].to(noise.device)
-        return self._eager(torch.no_grad()(lambda: pipe.tiue_unet(noise, timesteps, text)))
+        return self._eager(torch.no_grad()(lambda: pipe.tiue_unet(noise, timesteps, **cond.unet_kwargs())))
+
+
+def _stock_pipeline(models: Models) -> DiffusionPipeline:
+    """diffusers' pipeline for the scale (SD or SDXL) on the stock models, DDIM scheduler."""
+    if models.is_xl:
+        pipe = StableDiffusionXLPipeline(**models.components(), add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(
+            **models.components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tiue_pipeline(models: Models) -> TiUEPipeline:
+    """tiue's pipeline for the scale (TiUEPipeline or TiUEXLPipeline) on these models."""
+    pipe = (TiUEXLPipeline if models.is_xl else TiUEPipeline)(**models.components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _stats_seconds(stats) -> tuple[float, float] | None:

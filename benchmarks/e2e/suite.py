@@ -34,7 +34,7 @@ class EndToEndSuite:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.models = build_models(config.scale, config.device, config.dtype)
-        self.rows = RowFactory(self.models, config.image_size)
+        self.rows = RowFactory(self.models, config.image_size, fast_backend=config.fast_backend)
         meta = run_metadata(config.device)
         meta.update(
             scale=config.scale,

@@ -12,7 +12,7 @@ from tiue.fast.fusion import fuse_projections, unfuse_projections
 from tiue.fast.graphs import GraphCache, GraphKey
 from tiue.loopfree import OnePass
 
-__all__ = ["FastPath", "FastPathStats", "check_compile_mode"]
+__all__ = ["BACKENDS", "FastPath", "FastPathStats", "check_backend", "check_compile_mode", "default_backend"]
 
 _log = logging.getLogger("tiue.fast")
 
@@ -27,6 +27,38 @@ def check_compile_mode(compile_mode: str | None, cuda_graphs: bool) -> None:
             f"compile_mode: {compile_mode!r} makes inductor capture its own CUDA graphs, which cannot "
             "nest inside the fast path's capture; use compile_mode=None or 'max-autotune-no-cudagraphs', "
             f"or cuda_graphs=False to let inductor capture"
+        )
+
+
+BACKENDS = ("inductor", "openvino")
+
+
+def default_backend(device, dtype, compile, compile_mode, freeze_weights, cuda_graphs) -> str:
+    """"openvino" where it applies and is installed (a compiled fp32 CPU pass with no inductor
+    settings), else "inductor"."""
+    from tiue.fast.openvino import openvino_unavailable_reason
+
+    plain_cpu = device.type == "cpu" and dtype == torch.float32 and compile
+    inductor_settings = compile_mode is not None or freeze_weights or cuda_graphs
+    if plain_cpu and not inductor_settings and openvino_unavailable_reason() is None:
+        return "openvino"
+    return "inductor"
+
+
+def check_backend(backend, device, dtype, compile_mode, freeze_weights, cuda_graphs) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend != "openvino":
+        return
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ValueError(
+            f"backend='openvino': runs fp32 pipelines on the CPU only; the UNet is {dtype} on {device} "
+            "(use backend='inductor')"
+        )
+    if compile_mode is not None or freeze_weights or cuda_graphs:
+        raise ValueError(
+            "backend='openvino': compile_mode, freeze_weights and cuda_graphs are inductor settings; "
+            f"got compile_mode={compile_mode!r}, freeze_weights={freeze_weights}, cuda_graphs={cuda_graphs}"
         )
 
 
@@ -57,11 +89,16 @@ class FastPath:
         freeze_weights: inductor's freezing: the weights become constants of the compiled code,
             which folds them and (on CPU) prepacks them for oneDNN. New weights then need a
             recompile (TiUEPipeline.load_unet_weights does it). Needs `compile`, no `compile_mode`.
+        backend: "inductor" (torch.compile) or "openvino" (tiue.fast.openvino: the pass converted
+            to an OpenVINO model per input signature, fp32, CPU only; the weights become
+            constants as with freeze_weights; channels_last, compile_mode and freeze_weights do
+            not apply to it). None picks "openvino" for a compiled fp32 CPU pass with inductor's
+            defaults when the openvino package is installed (it is faster there), else "inductor".
     """
 
     def __init__(
         self, tiue_unet, vae, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None,
-        freeze_weights=False,
+        freeze_weights=False, backend=None,
     ):
         from tiue.attention import TiUECrossAttnProcessor
 
@@ -69,6 +106,11 @@ class FastPath:
         device = unet.device
         if cuda_graphs is None:
             cuda_graphs = device.type == "cuda"
+        if backend is None:
+            backend = default_backend(device, unet.dtype, compile, compile_mode, freeze_weights, cuda_graphs)
+        check_backend(backend, device, unet.dtype, compile_mode, freeze_weights, cuda_graphs)
+        if backend == "openvino":
+            channels_last = False  # OpenVINO picks its own layouts
         check_compile_mode(compile_mode, cuda_graphs)
         if freeze_weights and (not compile or compile_mode is not None):
             raise ValueError(
@@ -89,17 +131,27 @@ class FastPath:
             vae.to(memory_format=torch.channels_last)
         self.one_pass = OnePass(tiue_unet, vae)
         self.freeze_weights = freeze_weights
-        if not compile:
+        self.backend = backend
+        if backend == "openvino":
+            from tiue.fast.openvino import OpenVINOPass
+
+            self._run = OpenVINOPass(self.one_pass)
+        elif not compile:
             self._run = self.one_pass
         elif freeze_weights:
             self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, options={"freezing": True})
         else:
             self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, mode=compile_mode)
-        self._compiled = compile
+        self._compiled = compile or backend == "openvino"
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
         # (timesteps, dtype, device) -> (the timesteps on the device, the K decoders' embeddings)
         self._step_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def bakes_weights(self) -> bool:
+        """Whether the compiled pass holds the weights as constants (new weights need a rebuild)."""
+        return self.freeze_weights or self.backend == "openvino"
 
     # -- per-K constants -----------------------------------------------------------------
 
@@ -190,6 +242,8 @@ class FastPath:
             self.vae.to(memory_format=torch.contiguous_format)
         self.graphs.clear()
         self._step_constants.clear()
+        if self.backend == "openvino":
+            self._run.clear()
 
 
 def _as_key(timesteps) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ the module with `from tiue.ops.<op> import ...`.
 
 from __future__ import annotations
 
-from tiue.ops.dispatch import BackendUnavailableError, backend_info, last_backend
+from tiue.ops.dispatch import BackendUnavailableError, backend_info, last_backend, plain_torch_ops
 
 # Imported in this order so that backend_info() lists the ops in it; each import registers its
 # torch.ops.tiue.* ops, and binds the package attribute to the public function, not the module.
@@ -30,5 +30,6 @@ __all__ = [
     "ddim_combine",
     "gaussian_kl",
     "last_backend",
+    "plain_torch_ops",
     "shared_kv_attention",
 ]

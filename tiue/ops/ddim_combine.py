@@ -19,6 +19,7 @@ from tiue.ops.dispatch import (
     OpDispatcher,
     kernel_module,
     on_device_of,
+    plain_torch_ops_active,
     register_device_kernels,
     register_dispatcher,
 )
@@ -44,6 +45,8 @@ def ddim_combine(
     noise.dtype), reading each input once. Accumulates in fp64 when an input is fp64.
     Differentiable with respect to noise and eps.
     """
+    if plain_torch_ops_active():
+        return ddim_combine_torch(noise, eps, coefficient_list(coeffs), float(scale), out_dtype or noise.dtype)
     return torch.ops.tiue.ddim_combine(
         noise, eps, coefficient_list(coeffs), float(scale), out_dtype
     )

@@ -15,6 +15,7 @@ and load its Triton kernel module lazily.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import importlib.util
@@ -39,6 +40,8 @@ __all__ = [
     "kernel_module",
     "last_backend",
     "on_device_of",
+    "plain_torch_ops",
+    "plain_torch_ops_active",
     "register_device_kernels",
     "register_dispatcher",
     "unavailable_reason",
@@ -73,6 +76,26 @@ def forced_backend() -> str | None:
             f"got {os.environ[ENV_VAR]!r}"
         )
     return value
+
+
+_plain_torch_ops = contextvars.ContextVar("tiue_plain_torch_ops", default=False)
+
+
+@contextlib.contextmanager
+def plain_torch_ops():
+    """Inside this block the public op functions compute with standard PyTorch ops instead of
+    calling tiue's custom ops, so that converters that know only standard ops (OpenVINO's
+    PyTorch frontend, torch.jit.trace-based exporters) read the whole graph. Same values within
+    fp32 rounding; nothing is dispatched to a kernel."""
+    token = _plain_torch_ops.set(True)
+    try:
+        yield
+    finally:
+        _plain_torch_ops.reset(token)
+
+
+def plain_torch_ops_active() -> bool:
+    return _plain_torch_ops.get()
 
 
 def triton_interpreted() -> bool:

@@ -20,6 +20,7 @@ from tiue.ops.dispatch import (
     OpDispatcher,
     kernel_module,
     on_device_of,
+    plain_torch_ops_active,
     register_device_kernels,
     register_dispatcher,
 )
@@ -54,7 +55,21 @@ def shared_kv_attention(
     1/sqrt(D). Returns (K, B, H, N, D) in q's dtype, laid out as (K, B, N, H, D) in memory so
     that merging heads back to (K*B, N, H*D) is a view. Differentiable.
     """
+    if plain_torch_ops_active():
+        return shared_kv_attention_folded(q, k, v, scale)
     return torch.ops.tiue.shared_kv_attention(q, k, v, scale)
+
+
+def shared_kv_attention_folded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """The op in the fewest standard ops, for converters (see plain_torch_ops): the K query
+    groups folded into the query axis of one scaled_dot_product_attention call. Exact: every
+    query row sees the same keys. (Copies q for B > 1; the kernels and the SDPA backend avoid that.)"""
+    k_groups, batch, heads, tokens, head_dim = q.shape
+    folded = q.permute(1, 2, 0, 3, 4).reshape(batch, heads, k_groups * tokens, head_dim)
+    out = F.scaled_dot_product_attention(folded, k, v, scale=scale)
+    return out.reshape(batch, heads, k_groups, tokens, head_dim).permute(2, 0, 1, 3, 4)
 
 
 def attention_output_layout(q: torch.Tensor) -> torch.Tensor:

@@ -1,70 +1,20 @@
-"""What the distillation conditions every UNet on, for SD and SDXL teachers alike.
+"""Captions to the Conditioning every UNet of a distillation step is given, SD or SDXL.
 
-A `Conditioning` is the data: the text embeddings the UNet cross-attends to and, for SDXL-class
-UNets (addition_embed_type="text_time"), the added conditions (pooled text embedding and the six
-time ids). A `PromptEncoder` turns captions into it. The rest of the trainer handles one
-Conditioning whatever the teacher is, so SD and SDXL share one code path.
+A `tiue.conditioning.Conditioning` is the data: the text embeddings the UNet cross-attends to
+and, for SDXL-class UNets, the added conditions (pooled text embedding and the six time ids).
+A `PromptEncoder` makes it from captions; the rest of the trainer handles one Conditioning
+whatever the teacher is, so SD and SDXL share one code path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from tiue.conditioning import Conditioning, as_conditioning
+
 __all__ = ["Conditioning", "PromptEncoder", "as_conditioning", "xl_time_ids"]
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """text: (B, L, D); added: None (SD 1.x/2.x) or {"text_embeds": (B, P), "time_ids": (B, 6)}."""
-
-    text: torch.Tensor
-    added: dict[str, torch.Tensor] | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.text.shape[0]
-
-    def _map(self, fn) -> Conditioning:
-        added = None if self.added is None else {k: fn(v) for k, v in self.added.items()}
-        return Conditioning(fn(self.text), added)
-
-    def expand(self, batch: int) -> Conditioning:
-        """A one-row conditioning repeated to `batch` rows (a view)."""
-        return self._map(lambda x: x.expand(batch, *x.shape[1:]))
-
-    def to(self, *args, **kwargs) -> Conditioning:
-        return self._map(lambda x: x.to(*args, **kwargs))
-
-    def where(self, keep: torch.Tensor, other: Conditioning) -> Conditioning:
-        """Row b from self where keep[b], else from other (same batch size)."""
-        def pick(mine, theirs):
-            mask = keep.reshape(-1, *([1] * (mine.ndim - 1)))
-            return torch.where(mask, mine, theirs.to(mine.dtype))
-
-        added = None if self.added is None else {k: pick(v, other.added[k]) for k, v in self.added.items()}
-        return Conditioning(pick(self.text, other.text), added)
-
-    @staticmethod
-    def cat(items: Sequence[Conditioning]) -> Conditioning:
-        added = None
-        if items[0].added is not None:
-            added = {k: torch.cat([c.added[k] for c in items]) for k in items[0].added}
-        return Conditioning(torch.cat([c.text for c in items]), added)
-
-    def unet_kwargs(self) -> dict:
-        """Keyword arguments of a UNet2DConditionModel forward."""
-        kwargs = {"encoder_hidden_states": self.text}
-        if self.added is not None:
-            kwargs["added_cond_kwargs"] = self.added
-        return kwargs
-
-
-def as_conditioning(value: Conditioning | torch.Tensor) -> Conditioning:
-    """A bare (B, L, D) text tensor is the whole conditioning of an SD 1.x/2.x UNet."""
-    return value if isinstance(value, Conditioning) else Conditioning(value)
 
 
 def xl_time_ids(resolution: int) -> tuple[int, ...]:

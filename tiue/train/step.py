@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 
 from tiue.schedule import loopfree_coefficients
 from tiue.train import losses
-from tiue.train.conditioning import Conditioning, as_conditioning
+from tiue.conditioning import Conditioning, as_conditioning
 from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
 from tiue.train.randomness import StepDraws
 
