@@ -15,7 +15,6 @@ and load its Triton kernel module lazily.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import importlib
 import importlib.util
@@ -78,7 +77,10 @@ def forced_backend() -> str | None:
     return value
 
 
-_plain_torch_ops = contextvars.ContextVar("tiue_plain_torch_ops", default=False)
+# A plain module global, not a ContextVar: torch.compile traces the op functions, and dynamo
+# reads (and guards on) a global bool but cannot trace ContextVar.get. Process-wide: a
+# conversion in one thread also switches the ops of the others for its duration.
+_plain_torch_ops = False
 
 
 @contextlib.contextmanager
@@ -87,15 +89,16 @@ def plain_torch_ops():
     calling tiue's custom ops, so that converters that know only standard ops (OpenVINO's
     PyTorch frontend, torch.jit.trace-based exporters) read the whole graph. Same values within
     fp32 rounding; nothing is dispatched to a kernel."""
-    token = _plain_torch_ops.set(True)
+    global _plain_torch_ops
+    before, _plain_torch_ops = _plain_torch_ops, True
     try:
         yield
     finally:
-        _plain_torch_ops.reset(token)
+        _plain_torch_ops = before
 
 
 def plain_torch_ops_active() -> bool:
-    return _plain_torch_ops.get()
+    return _plain_torch_ops
 
 
 def triton_interpreted() -> bool:
