@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from tiue.files import atomic_directory
 from tiue.train.ema import EMA
-from tiue.train.models import LORA_ADAPTER, load_xl_text_parts, is_xl_unet
+from tiue.train.models import LORA_ADAPTER, is_xl_unet, load_xl_text_parts
 
 __all__ = ["export_final"]
 

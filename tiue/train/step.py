@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
+from tiue.conditioning import Conditioning, as_conditioning
 from tiue.schedule import loopfree_coefficients
 from tiue.train import losses
-from tiue.conditioning import Conditioning, as_conditioning
 from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
 from tiue.train.randomness import StepDraws
 
@@ -76,12 +76,12 @@ class DistillationStep:
         scheduler: the DDIMScheduler built from the teacher's scheduler config.
         null_text: the empty prompt's Conditioning (one row), or its (1, L, D) text embedding
             for an SD 1.x/2.x teacher; computed once per run.
-
-    Every `text` argument below is a Conditioning (tiue.train.conditioning): the text embeddings
-    and, for SDXL-class teachers, the added conditions, which every UNet pass of the step gets
-    alike. A bare (B, L, D) tensor stands for an SD teacher's conditioning.
         clip, vae, lambda_clip, clip_margin: the optional CLIP alignment loss (clip=None: off).
         autocast: a context-manager factory for the modules accelerate did not wrap (the VAE).
+
+    Every `text` argument below is a tiue.conditioning.Conditioning: the text embeddings and, for
+    SDXL-class teachers, the added conditions, which every UNet pass of the step gets alike. A
+    bare (B, L, D) tensor stands for an SD teacher's conditioning.
     """
 
     def __init__(
