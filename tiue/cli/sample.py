@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DDIM timestep spacing (default: the model scheduler's own, as it was trained)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--fast", action="store_true", help="compiled fast path (CUDA graphs on CUDA; OpenVINO on a CPU in fp32 when installed)")
+    parser.add_argument(
+        "--fast", action="store_true",
+        help="compiled fast path (CUDA graphs on CUDA; OpenVINO on a CPU in fp32 when installed)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
 
