@@ -33,29 +33,18 @@ GIB = 2**30
 # disables itself, so the trace runs on a fake "cpu" device with CPU bf16 autocast.
 DEVICE = "cpu"
 
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, use_linear_projection=True, norm_num_groups=32,
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the e2e package beside this file
+
+# The SDXL-base 1.0 shapes the end-to-end suite's "sdxl" scale builds, and SD's DDPM schedule
+# (SDXL's is the same: scaled_linear, 0.00085 to 0.012).
+from e2e.models import (  # noqa: E402
+    SDXL_TEXT_ENCODER_2_CONFIG as CLIP_BIGG,
+    SDXL_TEXT_ENCODER_CONFIG as CLIP_L,
+    SDXL_UNET_CONFIG as SDXL_UNET,
+    SDXL_VAE_CONFIG as SDXL_VAE,
 )
-SDXL_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.13025,
-)
-SDXL_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="epsilon", timestep_spacing="leading", steps_offset=1, clip_sample=False,
-    set_alpha_to_one=False,
-)
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+
+from tiue.schedule import SD21_SCHEDULER_CONFIG as SDXL_SCHEDULER  # noqa: E402
 
 
 def materialize(module: torch.nn.Module) -> torch.nn.Module:
@@ -197,7 +186,7 @@ def estimate(unet_config: dict, *, batch: int = 1, num_steps: int = 4, resolutio
         frozen = build_frozen_parts(resident_frozen, mixed)
     # The step's schedule is computed on real CPU tensors (it reads values); its device tensors
     # are replaced by fake ones below.
-    scheduler = DDIMScheduler(**SDXL_SCHEDULER)
+    scheduler = DDIMScheduler.from_config(SDXL_SCHEDULER)
     step = DistillationStep(
         student=None, fake_score=None, fake_score_unwrapped=teacher, scheduler=scheduler,
         null_text=torch.zeros(1, 1, 1), num_steps=num_steps, guidance_scale=defaults["guidance_scale"],
