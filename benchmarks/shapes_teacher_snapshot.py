@@ -19,10 +19,9 @@ from diffusers import DDIMScheduler
 
 from tiue.data.shapes import vocabulary
 from tiue.pipeline import TiUEPipeline
-from tiue.testing.tiny import SD21_SCHEDULER_CONFIG
 from tiue.world.checkpoints import StageCheckpoint
 from tiue.world.datasets import draw_training_set
-from tiue.world.teacher import TeacherSettings, build_teacher_unet
+from tiue.world.teacher import TeacherSettings, build_teacher_unet, teacher_scheduler_config
 from tiue.world.text_encoder import build_world_text_encoder
 from tiue.world.tokenizer import build_world_tokenizer
 from tiue.world.vae import VAESettings, build_world_vae, latent_scaling_factor
@@ -47,11 +46,12 @@ def main() -> None:
     vae.eval().register_to_config(scaling_factor=latent_scaling_factor(vae, draw_training_set(1024, seed).images))
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in (recipe.get("teacher") or {}).items()}
     latent_size = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
-    unet = build_teacher_unet(TeacherSettings(**settings), latent_size, text_encoder.config.hidden_size)
+    teacher_settings = TeacherSettings(**settings)
+    unet = build_teacher_unet(teacher_settings, latent_size, text_encoder.config.hidden_size)
     unet.load_state_dict(teacher_state["emas"]["unet"]["model"])
     text_encoder.load_state_dict(teacher_state["emas"]["text_encoder"]["model"])
     pipe = TiUEPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-                        scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG))
+                        scheduler=DDIMScheduler.from_config(teacher_scheduler_config(teacher_settings)))
     pipe.save_pretrained(args.out, safe_serialization=True)
     shutil.rmtree(args.out.parent / f".{args.out.name}-tokenizer", ignore_errors=True)
     print(f"wrote {args.out} (teacher step {teacher_state['step']})")

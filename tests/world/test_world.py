@@ -179,3 +179,57 @@ def test_a_planted_pickle_in_a_recipe_checkpoint_is_refused_without_running(tmp_
     with pytest.raises(ValueError, match="--resume: cannot read .*teacher.pt"):
         stage.load()
     assert not marker.exists()
+
+
+def test_teacher_recipe_records_a_zero_terminal_snr_v_prediction_schedule(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    overrides = {
+        "output_dir": str(tmp_path / "teacher"), "dataset_size": 16, "vae.steps": 1, "vae.batch_size": 4,
+        "teacher.steps": 1, "teacher.batch_size": 4, "teacher.warmup_steps": 1,
+        "teacher.prediction_type": "v_prediction", "teacher.zero_terminal_snr": True, "teacher.timestep_spacing": "trailing",
+    }
+    final = run_recipe(load_recipe(REPO / "configs/shapes-teacher.yaml"), overrides).final
+    scheduler = DDIMScheduler.from_pretrained(final, subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.timestep_spacing == "trailing"
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0
+    # SD2.1-base's schedule otherwise: the first alphabar is unchanged by the rescale.
+    assert float(scheduler.alphas_cumprod[0]) == pytest.approx(1 - 0.00085, abs=1e-6)
+
+
+def test_teacher_v_prediction_target_is_the_velocity():
+    from diffusers import DDPMScheduler
+
+    from tiue.world.teacher import TeacherSettings, teacher_scheduler_config, training_target
+
+    schedule = DDPMScheduler.from_config(
+        teacher_scheduler_config(TeacherSettings(prediction_type="v_prediction", zero_terminal_snr=True))
+    )
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([0, 500, 999])
+    target = training_target(schedule, latents, noise, timesteps)
+    alphabar = schedule.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    torch.testing.assert_close(target, alphabar.sqrt() * noise - (1 - alphabar).sqrt() * latents)
+    # At zero terminal SNR x_999 is pure noise and the velocity is minus the clean latent.
+    torch.testing.assert_close(target[2], -latents[2])
+    epsilon = DDPMScheduler.from_config(teacher_scheduler_config(TeacherSettings()))
+    assert training_target(epsilon, latents, noise, timesteps) is noise
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"prediction_type": "sample"}, "teacher.prediction_type: expected one of epsilon, v_prediction, got 'sample'"),
+        ({"timestep_spacing": "even"}, "teacher.timestep_spacing: expected one of leading, trailing, linspace"),
+        ({"zero_terminal_snr": True}, "teacher.zero_terminal_snr: needs prediction_type 'v_prediction'"),
+    ],
+)
+def test_teacher_schedule_settings_are_checked(settings, message):
+    from tiue.world.teacher import TeacherSettings
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        TeacherSettings(**settings)

@@ -145,9 +145,8 @@ def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from tiue.data.shapes import vocabulary
-    from tiue.schedule import SD21_SCHEDULER_CONFIG
     from tiue.world.datasets import draw_training_set
-    from tiue.world.teacher import TeacherSettings, train_teacher
+    from tiue.world.teacher import TeacherSettings, teacher_scheduler_config, train_teacher
     from tiue.world.text_encoder import build_world_text_encoder
     from tiue.world.tokenizer import build_world_tokenizer
     from tiue.world.vae import VAESettings, train_vae
@@ -171,7 +170,7 @@ def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, 
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler.from_config(teacher_scheduler_config(teacher_settings)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

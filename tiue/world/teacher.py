@@ -4,6 +4,11 @@ Standard latent-diffusion training, as SD's: epsilon prediction under SD2.1-base
 schedule, uniform timesteps, 10% of captions replaced by the empty prompt so that the model
 also learns the unconditional score that classifier-free guidance needs. The text encoder is
 trained jointly (it starts random: there is no pretrained CLIP for this world's words).
+
+Optionally the schedule is rescaled to zero terminal SNR with v-prediction (Lin et al. 2023,
+"Common Diffusion Noise Schedules and Sample Steps are Flawed"). On 8x8 latents SD's schedule
+leaves a flat background readable in x_999, so the model takes the background colour from the
+noise instead of the caption; at zero terminal SNR only the caption can say it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tiue.schedule import SD21_SCHEDULER_CONFIG
+from tiue.schedule import SD21_SCHEDULER_CONFIG, TIMESTEP_SPACINGS
 from tiue.text import embed_tokens, tokenize_prompts
 from tiue.world.checkpoints import LoopParts, StageCheckpoint, run_steps
 from tiue.world.datasets import WorldTensors
 from tiue.world.training import ExponentialMovingAverage, ProgressLog
 
-__all__ = ["TeacherSettings", "build_teacher_unet", "train_teacher", "encode_latents"]
+__all__ = ["TeacherSettings", "teacher_scheduler_config", "training_target", "build_teacher_unet", "train_teacher", "encode_latents"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -36,6 +43,41 @@ class TeacherSettings:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     seed: int = 0
+    # The noise schedule, written into the teacher's scheduler config: SD2.1-base's by default.
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
+    timestep_spacing: str = "leading"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"teacher.prediction_type: expected one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}"
+            )
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"teacher.timestep_spacing: expected one of {', '.join(TIMESTEP_SPACINGS)}, got {self.timestep_spacing!r}"
+            )
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            # At alphabar = 0 an epsilon prediction says nothing about x0.
+            raise ValueError("teacher.zero_terminal_snr: needs prediction_type 'v_prediction', got 'epsilon'")
+
+
+def teacher_scheduler_config(settings: TeacherSettings) -> dict:
+    """SD2.1-base's scheduler config with the teacher's prediction type, spacing and terminal SNR."""
+    return dict(
+        SD21_SCHEDULER_CONFIG,
+        prediction_type=settings.prediction_type,
+        rescale_betas_zero_snr=settings.zero_terminal_snr,
+        timestep_spacing=settings.timestep_spacing,
+    )
+
+
+def training_target(noise_schedule: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from x_t: the noise, or the velocity
+    v = sqrt(alphabar) * noise - sqrt(1 - alphabar) * latents."""
+    if noise_schedule.config.prediction_type == "v_prediction":
+        return noise_schedule.get_velocity(latents, noise, timesteps)
+    return noise
 
 
 def build_teacher_unet(settings: TeacherSettings, latent_size: int, cross_attention_dim: int) -> UNet2DConditionModel:
@@ -82,7 +124,7 @@ def train_teacher(
     latent_size = mean.shape[-1]
     unet = build_teacher_unet(settings, latent_size, text_encoder.config.hidden_size).train()
     text_encoder.train()
-    noise_schedule = DDPMScheduler.from_config(SD21_SCHEDULER_CONFIG)
+    noise_schedule = DDPMScheduler.from_config(teacher_scheduler_config(settings))
     tokens, null_tokens = tokenize_prompts(tokenizer, data.captions), tokenize_prompts(tokenizer, [""])
 
     parameters = [*unet.parameters(), *text_encoder.parameters()]
@@ -105,7 +147,7 @@ def train_teacher(
         batch_ids[dropped], batch_mask[dropped] = null_tokens.input_ids, null_tokens.attention_mask
         text = embed_tokens(text_encoder, batch_ids, batch_mask, batch_ids.device)
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-        loss = F.mse_loss(prediction, noise)
+        loss = F.mse_loss(prediction, training_target(noise_schedule, latents, noise, timesteps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
