@@ -15,7 +15,7 @@ import warnings
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["SD21_SCHEDULER_CONFIG", "TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
+__all__ = ["SD21_SCHEDULER_CONFIG", "TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_chain", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # diffusers' DDIM timestep spacings: "leading" (SD's configs), "trailing" (K = 1 at t = 999), "linspace".
@@ -149,8 +149,24 @@ def loopfree_coefficients(
             f"num_inference_steps: expected 1 <= K <= {num_train} (the scheduler's training steps), "
             f"got {num_inference_steps}"
         )
-    timesteps = ddim_timesteps(scheduler, num_inference_steps)
+    timesteps, steps = ddim_chain(scheduler, num_inference_steps)
     warn_if_encoder_far_from_noise(scheduler, int(timesteps[0]), num_inference_steps)
+
+    # z_0 = (prod_k a_k) z_K + sum_k b_k (prod_{j>k} a_j) out_k
+    coeffs = [0.0] * (num_inference_steps + 1)
+    tail = 1.0
+    for k in range(num_inference_steps - 1, -1, -1):
+        a_k, b_k = steps[k]
+        coeffs[k + 1] = b_k * tail
+        tail *= a_k
+    coeffs[0] = tail
+    return timesteps, torch.tensor(coeffs, dtype=torch.float64)
+
+
+def ddim_chain(scheduler, num_inference_steps: int) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """Timesteps (K,) and each step's (a_k, b_k), z_{k+1} = a_k z_k + b_k out_k, in scheduler order."""
+    timesteps = ddim_timesteps(scheduler, num_inference_steps)
+    num_train = scheduler.config.num_train_timesteps
     alphas = scheduler.alphas_cumprod.double()
     final_alpha = float(scheduler.final_alpha_cumprod)
     # DDIMScheduler.step goes from t to t - num_train // K, whatever the spacing.
@@ -162,13 +178,4 @@ def loopfree_coefficients(
         prev = t - stride
         alpha_prev = float(alphas[prev]) if prev >= 0 else final_alpha
         steps.append(ddim_step_coefficients(float(alphas[t]), alpha_prev, prediction_type))
-
-    # z_0 = (prod_k a_k) z_K + sum_k b_k (prod_{j>k} a_j) out_k
-    coeffs = [0.0] * (num_inference_steps + 1)
-    tail = 1.0
-    for k in range(num_inference_steps - 1, -1, -1):
-        a_k, b_k = steps[k]
-        coeffs[k + 1] = b_k * tail
-        tail *= a_k
-    coeffs[0] = tail
-    return timesteps, torch.tensor(coeffs, dtype=torch.float64)
+    return timesteps, steps

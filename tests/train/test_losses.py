@@ -20,8 +20,8 @@ from tiue.train.step import DistillationStep
 K, B, LAMBDA_KL, GUIDANCE = 2, 2, 0.1, 4.5
 
 
-def make_parts(prediction_type="epsilon"):
-    scheduler = DDIMScheduler.from_config(dict(SD21_SCHEDULER_CONFIG, prediction_type=prediction_type))
+def make_parts(prediction_type="epsilon", kl_target="output", **schedule):
+    scheduler = DDIMScheduler.from_config(dict(SD21_SCHEDULER_CONFIG, prediction_type=prediction_type, **schedule))
     student = TiUEUNet(build_unet("tiny", seed=0))
     teacher = build_unet("tiny", seed=1)
     teacher.requires_grad_(False)
@@ -35,7 +35,7 @@ def make_parts(prediction_type="epsilon"):
     step = DistillationStep(
         student=student, fake_score=teacher, fake_score_unwrapped=teacher, scheduler=scheduler,
         null_text=null_text, num_steps=K, guidance_scale=GUIDANCE, lambda_kl=LAMBDA_KL,
-        device=torch.device("cpu"),
+        device=torch.device("cpu"), kl_target=kl_target,
     )
     text = torch.randn(B, 77, 32, generator=torch.Generator().manual_seed(5))
     draws = draw_step(
@@ -57,6 +57,37 @@ def as_epsilon(output, noisy, alpha, prediction_type):
     return a.sqrt() * output + (1 - a).sqrt() * noisy  # v -> epsilon
 
 
+def gaussian_kl_sum(samples) -> float:
+    total = 0.0
+    for sample in samples:
+        n = sample.double().flatten()
+        mean = n.mean().item()
+        var = ((n - mean) ** 2).sum().item() / (n.numel() - 1)  # unbiased
+        total += -0.5 * (1 + math.log(var) - mean**2 - var)
+    return total
+
+
+@pytest.mark.parametrize("schedule", [{}, {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}])
+def test_epsilon_kl_of_a_v_prediction_student_is_the_kl_of_the_loops_noise_predictions(schedule):
+    step, student, _, scheduler, text, draws = make_parts("v_prediction", kl_target="epsilon", **schedule)
+    result = step.student_losses(text, draws)
+
+    # The noise each decoder predicts, from diffusers' own DDIM loop: eps = (z_t - sqrt(ab) x0) / sqrt(1 - ab).
+    with torch.no_grad():
+        outputs = student(draws.initial_noise, step.timesteps, text)
+        loop = DDIMScheduler.from_config(scheduler.config)
+        loop.set_timesteps(K)
+        z, epsilons = draws.initial_noise.clone(), []
+        for k, t in enumerate(loop.timesteps):
+            alphabar = loop.alphas_cumprod[t]
+            stepped = loop.step(outputs[k], t, z, eta=0.0)
+            epsilons.extend(((z - alphabar.sqrt() * stepped.pred_original_sample) / (1 - alphabar).sqrt()).unbind(0))
+            z = stepped.prev_sample
+    assert result.loss_kl.item() == pytest.approx(LAMBDA_KL * gaussian_kl_sum(epsilons), rel=1e-4)
+    # ... which is not the KL of the raw v outputs.
+    assert result.loss_kl.item() != pytest.approx(LAMBDA_KL * gaussian_kl_sum(outputs.flatten(0, 1)), rel=1e-2)
+
+
 def test_x0_is_the_ddim_chain_and_kl_is_lambda_times_sum():
     step, student, _, scheduler, text, draws = make_parts()
     result = step.student_losses(text, draws)
@@ -70,14 +101,7 @@ def test_x0_is_the_ddim_chain_and_kl_is_lambda_times_sum():
             z = loop.step(outputs[k], t, z, eta=0.0).prev_sample
     torch.testing.assert_close(result.x0.detach(), z, rtol=1e-5, atol=1e-5)
 
-    total = 0.0
-    for k in range(K):
-        for b in range(B):
-            n = outputs[k, b].double().flatten()
-            mean = n.mean().item()
-            var = ((n - mean) ** 2).sum().item() / (n.numel() - 1)  # unbiased
-            total += -0.5 * (1 + math.log(var) - mean**2 - var)
-    assert result.loss_kl.item() == pytest.approx(LAMBDA_KL * total, rel=1e-5)
+    assert result.loss_kl.item() == pytest.approx(LAMBDA_KL * gaussian_kl_sum(outputs.flatten(0, 1)), rel=1e-5)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

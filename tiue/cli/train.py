@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tiue.train.config import (
-    LORA_INITS, LR_SCHEDULERS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS,
+    KL_TARGETS, LORA_INITS, LR_SCHEDULERS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS,
 )
 
 __all__ = ["add_arguments", "run", "config_from_args"]
@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("method (defaults from the paper)")
     method.add_argument("--num-steps", type=int, help="K, the student's decoder steps (default 4)")
     method.add_argument("--lambda-kl", type=float, help="weight of the KL sum (default 0.1)")
+    method.add_argument("--kl-target", choices=KL_TARGETS,
+                        help="what the KL pulls to N(0, 1): the raw decoder outputs (default, the paper's) or, for a "
+                        "v-prediction teacher, each decoder's noise prediction (epsilon)")
     method.add_argument("--guidance-scale", type=float, help="CFG scale of both teachers (default 4.5)")
     method.add_argument("--learning-rate", type=float, help="student Adam lr (default 1e-6)")
     method.add_argument("--learning-rate-lora", type=float, help="fake-score LoRA Adam lr (default 1e-3)")

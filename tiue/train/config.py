@@ -17,7 +17,7 @@ from tiue.schedule import TIMESTEP_SPACINGS
 
 __all__ = [
     "TrainConfig", "load_yaml_config", "canonical_settings", "flag_name", "MIXED_PRECISIONS", "REPORT_TO",
-    "NULL_PROMPT_SCOPES", "LORA_INITS", "TIMESTEP_SPACINGS", "LR_SCHEDULERS", "EXAMPLE_ALIASES",
+    "NULL_PROMPT_SCOPES", "LORA_INITS", "KL_TARGETS", "TIMESTEP_SPACINGS", "LR_SCHEDULERS", "EXAMPLE_ALIASES",
 ]
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -29,6 +29,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 NULL_PROMPT_SCOPES = ("batch", "sample")
 # "default": peft's init (A Kaiming-uniform, B zero; the official script); "gaussian": A ~ N(0, 1/r).
 LORA_INITS = ("default", "gaussian")
+KL_TARGETS = ("output", "epsilon")
 
 # Settings of diffusers' training examples (train_text_to_image_lora.py, train_lcm_distill_sd_wds.py)
 # spelled differently here: a YAML config written for them reads the same. Names the two share
@@ -90,6 +91,7 @@ class TrainConfig:
     # The method (docs/training.md).
     num_steps: int = 4  # K
     lambda_kl: float = 0.1
+    kl_target: str = "output"  # the KL on the raw decoder outputs (the paper's) or their noise predictions
     guidance_scale: float = 4.5
     learning_rate: float = 1e-6
     learning_rate_lora: float = 1e-3
@@ -194,6 +196,7 @@ class TrainConfig:
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         _check_choice("lora_null_prompt_scope", self.lora_null_prompt_scope, NULL_PROMPT_SCOPES)
         _check_choice("lora_init", self.lora_init, LORA_INITS)
+        _check_choice("kl_target", self.kl_target, KL_TARGETS)
         if self.timestep_spacing is not None:
             _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         if self.overwrite and self.resume is not None:

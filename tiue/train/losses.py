@@ -23,6 +23,7 @@ __all__ = [
     "vsd_loss",
     "lora_loss",
     "per_sample",
+    "decoder_epsilons",
 ]
 
 
@@ -44,6 +45,24 @@ def kl_loss(decoder_outputs: torch.Tensor, lambda_kl: float) -> torch.Tensor:
     """lambda_kl * sum over the K*B decoder outputs of KL(N(mean, unbiased var) || N(0, 1))."""
     flat = decoder_outputs.reshape(-1, *decoder_outputs.shape[2:])
     return lambda_kl * ops.gaussian_kl(flat).sum()
+
+
+def decoder_epsilons(
+    initial_noise: torch.Tensor, decoder_outputs: torch.Tensor, chain: list[tuple[float, float]],
+    alphas_cumprod: list[float], prediction_type: str,
+) -> torch.Tensor:
+    """The K decoder outputs as noise predictions: out_k converted at the chain's own z_k.
+
+    z_0 = z_K and z_{k+1} = a_k z_k + b_k out_k (the loop-free chain's steps), so the noise each
+    decoder predicts is known without running the loop.
+    """
+    if prediction_type == "epsilon":
+        return decoder_outputs
+    state, epsilons = initial_noise.float(), []
+    for output, (a_k, b_k), alpha in zip(decoder_outputs.float().unbind(0), chain, alphas_cumprod):
+        epsilons.append(to_epsilon(output, state, output.new_full(output.shape[:1], alpha), prediction_type))
+        state = a_k * state + b_k * output
+    return torch.stack(epsilons)
 
 
 def classifier_free_guidance(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from tiue.conditioning import Conditioning, as_conditioning
-from tiue.schedule import loopfree_coefficients
+from tiue.schedule import ddim_chain, loopfree_coefficients
 from tiue.train import losses
 from tiue.train.models import BASE_ADAPTER, LORA_ADAPTER, per_sample_adapters
 from tiue.train.randomness import StepDraws
@@ -95,6 +95,7 @@ class DistillationStep:
         guidance_scale: float,
         lambda_kl: float,
         device: torch.device,
+        kl_target: str = "output",
         clip=None,
         vae=None,
         lambda_clip: float = 0.0,
@@ -110,6 +111,11 @@ class DistillationStep:
         self.lambda_kl = lambda_kl
         self.prediction_type = scheduler.config.prediction_type
         self.timesteps, self.coeffs = loopfree_coefficients(scheduler, num_steps)
+        # The KL's inputs: the raw decoder outputs (the paper's, for its epsilon teacher), or
+        # their noise predictions, which a v-prediction student's outputs are not.
+        self.kl_target = kl_target
+        _, self.chain = ddim_chain(scheduler, num_steps)
+        self.chain_alphas = [float(scheduler.alphas_cumprod[t]) for t in self.timesteps.tolist()]
         self.timesteps = self.timesteps.to(device)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.clip, self.vae = clip, vae
@@ -123,7 +129,7 @@ class DistillationStep:
         return cls(
             student=student, fake_score=fake_score, fake_score_unwrapped=fake_score_unwrapped, scheduler=scheduler,
             null_text=null_text, num_steps=config.num_steps, guidance_scale=config.guidance_scale,
-            lambda_kl=config.lambda_kl, device=device, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
+            lambda_kl=config.lambda_kl, device=device, kl_target=config.kl_target, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
             clip_margin=config.clip_margin, autocast=autocast,
         )
 
@@ -138,6 +144,11 @@ class DistillationStep:
         added = () if text.added is None else (text.added,)
         outputs = self.student(draws.initial_noise, self.timesteps, text.text, *added)
         return outputs, losses.loopfree_latent(draws.initial_noise, outputs, self.coeffs)
+
+    def kl_inputs(self, outputs: torch.Tensor, initial_noise: torch.Tensor) -> torch.Tensor:
+        if self.kl_target == "output":
+            return outputs
+        return losses.decoder_epsilons(initial_noise, outputs, self.chain, self.chain_alphas, self.prediction_type)
 
     @torch.no_grad()
     def teacher_and_fake_score_eps(
@@ -170,7 +181,7 @@ class DistillationStep:
         self, text: Conditioning | torch.Tensor, draws: StepDraws, clip_text_features: torch.Tensor | None = None
     ) -> StudentResult:
         outputs, x0 = self.student_forward(text, draws)
-        loss_kl = losses.kl_loss(outputs, self.lambda_kl)
+        loss_kl = losses.kl_loss(self.kl_inputs(outputs, draws.initial_noise), self.lambda_kl)
         noisy = self.scheduler.add_noise(x0.detach(), draws.vsd_noise, draws.vsd_timesteps)
         eps_teacher, eps_lora = self.teacher_and_fake_score_eps(noisy, draws.vsd_timesteps, text)
         loss_vsd = losses.vsd_loss(x0, eps_teacher, eps_lora, self.alphas_cumprod[draws.vsd_timesteps])
