@@ -176,10 +176,10 @@ def decoder_distribution_png(students: dict, path: Path) -> dict:
     grid = np.linspace(-5, 5, 400)
     ax.plot(grid, np.exp(-grid**2 / 2) / math.sqrt(2 * math.pi), "r-", label="N(0, 1)")
     for (label, model), colour in zip(students.items(), ("tab:blue", "tab:green")):
-        values = decoder_outputs(load_pipeline(model, "cpu", "fp32"), prompts, 4)
+        values = decoder_outputs(load_pipeline(model, "cpu", "fp32"), prompts, 4, noise_predictions=True)
         summaries[label] = gaussian_fit_summary(values)
         ax.hist(values.reshape(-1), bins=200, range=(-5, 5), density=True, histtype="step", color=colour, label=label)
-    ax.set_xlabel("decoder output value (all K = 4 decoders, 64 prompts)")
+    ax.set_xlabel("decoder noise prediction (all K = 4 decoders, 64 prompts)")
     ax.set_ylabel("density")
     ax.legend()
     _save_figure(fig, path)

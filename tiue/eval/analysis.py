@@ -21,14 +21,25 @@ __all__ = ["decoder_outputs", "adjacent_step_similarity", "gaussian_fit_summary"
 
 
 @torch.no_grad()
-def decoder_outputs(pipe, prompts: list[str], num_steps: int, seed: int = 0) -> np.ndarray:
-    """(K, B, C, h, w) decoder outputs of one loop-free pass, as float64 numpy."""
+def decoder_outputs(pipe, prompts: list[str], num_steps: int, seed: int = 0, noise_predictions: bool = False) -> np.ndarray:
+    """(K, B, C, h, w) decoder outputs of one loop-free pass, as float64 numpy; with
+    `noise_predictions`, each as the noise it predicts (what `--kl-target epsilon` regularises;
+    the same values for an epsilon-prediction model)."""
+    from tiue.schedule import as_ddim_scheduler, ddim_chain
+    from tiue.train.losses import decoder_epsilons
+
     embeds = pipe.encode_prompt(prompts)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     generators = [torch.Generator(pipe.device).manual_seed(seed + i) for i in range(len(prompts))]
     latents = pipe.prepare_latents(len(prompts), size, size, embeds.dtype, pipe.device, generators)
     timesteps, _ = pipe.loopfree_schedule(num_steps)
-    return TiUEUNet(pipe.unet, shared_text_attention=False)(latents, timesteps, embeds).double().cpu().numpy()
+    outputs = TiUEUNet(pipe.unet, shared_text_attention=False)(latents, timesteps, embeds)
+    if noise_predictions:
+        scheduler = as_ddim_scheduler(pipe.scheduler)
+        _, chain = ddim_chain(scheduler, num_steps)
+        alphas = [float(scheduler.alphas_cumprod[t]) for t in timesteps.tolist()]
+        outputs = decoder_epsilons(latents, outputs, chain, alphas, scheduler.config.prediction_type)
+    return outputs.double().cpu().numpy()
 
 
 def gaussian_fit_summary(values: np.ndarray) -> dict[str, float]:
