@@ -41,15 +41,8 @@ RECIPES = {  # recipe -> (command, output folder holding wall_time.txt)
     "configs/shapes-features.yaml": ("tiue world train --config configs/shapes-features.yaml", "runs/shapes-features"),
     "configs/shapes-tiue.yaml": ("tiue train --config configs/shapes-tiue.yaml", "runs/shapes-tiue"),
     "configs/shapes-vsd.yaml": ("tiue train --config configs/shapes-vsd.yaml", "runs/shapes-vsd"),
-    "configs/shapes-tiue.yaml, trailing, 2700 steps": (
-        "tiue train --config configs/shapes-tiue.yaml --max-steps 2700 --timestep-spacing trailing "
-        "--output-dir runs/shapes-tiue-trailing",
-        "runs/shapes-tiue-trailing",
-    ),
 }
-# Optional rows, shown when their runs exist: the shipped recipe with its encoder at t = 999, and
-# both students at half the budget (the shipped recipes stopped at 2700 steps until they were doubled).
-TRAILING_TIUE = "runs/shapes-tiue-trailing/final"
+# Optional rows, shown when their runs exist: both students at half the budget.
 HALF_BUDGET = {"tiue": "runs/shapes-tiue-2700/final", "vsd": "runs/shapes-vsd-2700/final"}
 for _name, _folder in HALF_BUDGET.items():
     RECIPES[f"configs/shapes-{_name}.yaml, 2700 steps"] = (
@@ -96,8 +89,6 @@ def rows(args) -> list[tuple[str, str, EvalSpec]]:
         ("teacher-loopfree", "Teacher weights sampled loop-free, K = 4 (no distillation)", EvalSpec(args.teacher, steps=4, **common)),
         ("vsd", "One-step VSD student (K = 1, t = 999)", EvalSpec(args.vsd, steps=1, **common)),
         ("tiue", "TiUE (K = 4, λ_KL = 0.1) — shipped `shapes`", EvalSpec(args.tiue, steps=4, **common)),
-        *([("tiue-trailing", "TiUE, 2700 steps with trailing spacing (encoder at t = 999)",
-            EvalSpec(TRAILING_TIUE, steps=4, **common))] if (REPO / TRAILING_TIUE).is_dir() else []),
         *([("vsd-2700", "One-step VSD student, 2700 steps", EvalSpec(HALF_BUDGET["vsd"], steps=1, **common))]
           if (REPO / HALF_BUDGET["vsd"]).is_dir() else []),
         *([("tiue-2700", "TiUE (K = 4, λ_KL = 0.1), 2700 steps", EvalSpec(HALF_BUDGET["tiue"], steps=4, **common))]
