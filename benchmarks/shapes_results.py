@@ -42,13 +42,6 @@ RECIPES = {  # recipe -> (command, output folder holding wall_time.txt)
     "configs/shapes-tiue.yaml": ("tiue train --config configs/shapes-tiue.yaml", "runs/shapes-tiue"),
     "configs/shapes-vsd.yaml": ("tiue train --config configs/shapes-vsd.yaml", "runs/shapes-vsd"),
 }
-# Optional rows, shown when their runs exist: both students at half the budget.
-HALF_BUDGET = {"tiue": "runs/shapes-tiue-2700/final", "vsd": "runs/shapes-vsd-2700/final"}
-for _name, _folder in HALF_BUDGET.items():
-    RECIPES[f"configs/shapes-{_name}.yaml, 2700 steps"] = (
-        f"tiue train --config configs/shapes-{_name}.yaml --max-steps 2700 --output-dir {Path(_folder).parent}",
-        str(Path(_folder).parent),
-    )
 ABLATION_SEEDS = (0, 1, 2)
 for _seed in ABLATION_SEEDS:  # the KL ablation: the shipped recipe's settings on a shorter budget
     for _name in ("tiue-ablation", "tiue-nokl"):
@@ -89,10 +82,6 @@ def rows(args) -> list[tuple[str, str, EvalSpec]]:
         ("teacher-loopfree", "Teacher weights sampled loop-free, K = 4 (no distillation)", EvalSpec(args.teacher, steps=4, **common)),
         ("vsd", "One-step VSD student (K = 1, t = 999)", EvalSpec(args.vsd, steps=1, **common)),
         ("tiue", "TiUE (K = 4, λ_KL = 0.1) — shipped `shapes`", EvalSpec(args.tiue, steps=4, **common)),
-        *([("vsd-2700", "One-step VSD student, 2700 steps", EvalSpec(HALF_BUDGET["vsd"], steps=1, **common))]
-          if (REPO / HALF_BUDGET["vsd"]).is_dir() else []),
-        *([("tiue-2700", "TiUE (K = 4, λ_KL = 0.1), 2700 steps", EvalSpec(HALF_BUDGET["tiue"], steps=4, **common))]
-          if (REPO / HALF_BUDGET["tiue"]).is_dir() else []),
     ]
 
 

@@ -1,5 +1,6 @@
-"""A pipeline folder from a shapes teacher recipe still training: its latest checkpoint's EMA
-weights, for probing distillation settings before the teacher finishes.
+"""A pipeline folder from a shapes teacher recipe still training: the EMA weights of its latest
+checkpoint (of the fine-tuning stage once that has begun), for probing distillation settings
+before the teacher finishes.
 
     python benchmarks/shapes_teacher_snapshot.py runs/shapes-teacher runs/teacher-snapshot/final
     tiue train --config configs/shapes-tiue.yaml --teacher runs/teacher-snapshot/final --max-steps 600 ...
@@ -35,6 +36,10 @@ def main() -> None:
     recipe = yaml.safe_load((args.run / "recipe.yaml").read_text())
     vae_state = StageCheckpoint(args.run / "checkpoints", "vae").load()
     teacher_state = StageCheckpoint(args.run / "checkpoints", "teacher").load()
+    stage = "teacher"
+    finetune_state = StageCheckpoint(args.run / "checkpoints", "teacher_finetune").load()
+    if recipe.get("teacher_finetune") and finetune_state is not None:  # the second stage has begun
+        teacher_state, stage = finetune_state, "teacher_finetune"
     if vae_state is None or not vae_state["finished"] or teacher_state is None:
         raise SystemExit(f"{args.run}: needs a finished VAE stage and a teacher checkpoint")
     seed = int(recipe.get("seed", 0))
@@ -50,11 +55,13 @@ def main() -> None:
     unet = build_teacher_unet(teacher_settings, latent_size, text_encoder.config.hidden_size)
     unet.load_state_dict(teacher_state["emas"]["unet"]["model"])
     text_encoder.load_state_dict(teacher_state["emas"]["text_encoder"]["model"])
+    if stage == "teacher_finetune":  # its schedule, the first stage's UNet
+        teacher_settings = TeacherSettings(**recipe["teacher_finetune"])
     pipe = TiUEPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
                         scheduler=DDIMScheduler.from_config(teacher_scheduler_config(teacher_settings)))
     pipe.save_pretrained(args.out, safe_serialization=True)
     shutil.rmtree(args.out.parent / f".{args.out.name}-tokenizer", ignore_errors=True)
-    print(f"wrote {args.out} (teacher step {teacher_state['step']})")
+    print(f"wrote {args.out} ({stage} step {teacher_state['step']})")
 
 
 if __name__ == "__main__":

@@ -24,19 +24,19 @@ def test_every_world_word_is_one_token(tmp_path):
     assert len(ids) == 10  # start + 8 words + end
 
 
+# The shipped teacher recipe at a few steps of each stage.
+TINY_TEACHER = {
+    "dataset_size": 16, "vae.steps": 2, "vae.batch_size": 4,
+    "teacher.steps": 2, "teacher.batch_size": 4, "teacher.warmup_steps": 1,
+    "teacher_finetune.steps": 1, "teacher_finetune.batch_size": 4, "teacher_finetune.warmup_steps": 1,
+}
+
+
 def test_teacher_recipe_runs_a_few_steps(tmp_path):
     from tiue.pipeline import TiUEPipeline
     from tiue.world.recipes import load_recipe, run_recipe
 
-    overrides = {
-        "output_dir": str(tmp_path / "teacher"),
-        "dataset_size": 16,
-        "vae.steps": 2,
-        "vae.batch_size": 4,
-        "teacher.steps": 2,
-        "teacher.batch_size": 4,
-        "teacher.warmup_steps": 1,
-    }
+    overrides = dict(TINY_TEACHER, output_dir=str(tmp_path / "teacher"))
     result = run_recipe(load_recipe(REPO / "configs/shapes-teacher.yaml"), overrides)
     assert (tmp_path / "teacher" / "wall_time.txt").is_file()
     index = json.loads((result.final / "model_index.json").read_text())
@@ -101,7 +101,7 @@ def test_distillation_recipe_runs_a_step(tiny_pipeline_dir, tmp_path):
     assert pipe("a red circle", num_inference_steps=4, output_type="np").images.shape == (1, 32, 32, 3)
 
 
-def test_embed_stores_diffusers_weights_in_half_precision(tiny_pipeline_dir, tmp_path):
+def test_embed_stores_weights_in_half_precision_and_loads_them_as_float32(tiny_pipeline_dir, tmp_path):
     from safetensors.torch import load_file
 
     from tiue.pipeline import TiUEPipeline
@@ -116,9 +116,12 @@ def test_embed_stores_diffusers_weights_in_half_precision(tiny_pipeline_dir, tmp
     unet = load_file(str(next((target / "unet").glob("*.safetensors"))))
     text = load_file(str(next((target / "text_encoder").glob("*.safetensors"))))
     assert {v.dtype for v in unet.values()} == {torch.float16}
-    assert {v.dtype for v in text.values()} == {torch.float32}
+    assert {v.dtype for v in text.values()} == {torch.float16}
     pipe = TiUEPipeline.from_pretrained(target)
     assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    original = TiUEPipeline.from_pretrained(source)
+    for name, value in pipe.text_encoder.state_dict().items():  # the float32 weights rounded to float16
+        torch.testing.assert_close(value, original.text_encoder.state_dict()[name].half().float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="--name"):
         embed_model(source, "../x", root=tmp_path)
 
@@ -181,17 +184,12 @@ def test_a_planted_pickle_in_a_recipe_checkpoint_is_refused_without_running(tmp_
     assert not marker.exists()
 
 
-def test_teacher_recipe_records_a_zero_terminal_snr_v_prediction_schedule(tmp_path):
+def test_teacher_recipe_ends_on_a_zero_terminal_snr_v_prediction_schedule(tmp_path):
     from diffusers import DDIMScheduler
 
     from tiue.world.recipes import load_recipe, run_recipe
 
-    overrides = {
-        "output_dir": str(tmp_path / "teacher"), "dataset_size": 16, "vae.steps": 1, "vae.batch_size": 4,
-        "teacher.steps": 1, "teacher.batch_size": 4, "teacher.warmup_steps": 1,
-        "teacher.prediction_type": "v_prediction", "teacher.zero_terminal_snr": True, "teacher.timestep_spacing": "trailing",
-    }
-    final = run_recipe(load_recipe(REPO / "configs/shapes-teacher.yaml"), overrides).final
+    final = run_recipe(load_recipe(REPO / "configs/shapes-teacher.yaml"), dict(TINY_TEACHER, output_dir=str(tmp_path / "t"))).final
     scheduler = DDIMScheduler.from_pretrained(final, subfolder="scheduler")
     assert scheduler.config.prediction_type == "v_prediction"
     assert scheduler.config.timestep_spacing == "trailing"
@@ -233,3 +231,29 @@ def test_teacher_schedule_settings_are_checked(settings, message):
 
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         TeacherSettings(**settings)
+
+
+def test_teacher_finetune_stage_starts_from_the_first_stages_ema_weights(tmp_path):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from tiue.world.recipes import load_recipe, run_recipe
+
+    base = {k: v for k, v in TINY_TEACHER.items() if not k.startswith("teacher_finetune.")}
+    recipe = load_recipe(REPO / "configs/shapes-teacher.yaml")
+    recipe.pop("teacher_finetune")
+    plain = run_recipe(recipe, dict(base, output_dir=str(tmp_path / "plain"))).final
+    # A zero learning rate keeps the weights: the second stage must start from the first one's.
+    recipe["teacher_finetune"] = {"steps": 1, "batch_size": 4, "learning_rate": 0.0, "warmup_steps": 1,
+                                  "prediction_type": "v_prediction", "zero_terminal_snr": True, "timestep_spacing": "trailing"}
+    tuned = run_recipe(recipe, dict(base, output_dir=str(tmp_path / "tuned"))).final
+    first, second = (UNet2DConditionModel.from_pretrained(f, subfolder="unet").state_dict() for f in (plain, tuned))
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value, rtol=0, atol=0)
+    assert DDIMScheduler.from_pretrained(plain, subfolder="scheduler").config.prediction_type == "epsilon"
+    scheduler = DDIMScheduler.from_pretrained(tuned, subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction" and float(scheduler.alphas_cumprod[-1]) == 0.0
+    assert (tmp_path / "tuned" / "checkpoints" / "teacher_finetune.pt").is_file()
+
+    recipe["teacher_finetune"]["layers_per_block"] = 1
+    with pytest.raises(ValueError, match=r"teacher_finetune: \['layers_per_block'\] belong to the teacher section"):
+        run_recipe(recipe, dict(base, output_dir=str(tmp_path / "bad")))

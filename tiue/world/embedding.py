@@ -2,9 +2,10 @@
 and `tiue.eval` read offline.
 
 A pipeline folder is copied as its model_index.json lists it: training artefacts that a trainer
-leaves beside the components (raw weights, LoRA adapters) stay behind. With fp16, the diffusers components (unet, vae) and a feature network are stored in float16:
-diffusers and our loader cast them back to float32 on load. The text encoder stays float32:
-transformers would load float16 weights as a float16 model, and it is small anyway.
+leaves beside the components (raw weights, LoRA adapters) stay behind. With fp16, the UNet, the
+VAE, the text encoder and a feature network are stored in float16 and load back as float32:
+diffusers and our loader cast them, and transformers loads the dtype the text encoder's
+config.json records (float32 for the world's trained encoders), not the file's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tiue.files import atomic_directory
 __all__ = ["embed_model", "HALF_PRECISION_FOLDERS"]
 
 # Folders (relative to the model folder) whose weights may be stored in float16.
-HALF_PRECISION_FOLDERS = ("unet", "vae", ".")
+HALF_PRECISION_FOLDERS = ("unet", "vae", "text_encoder", ".")
 
 
 def embed_model(source: str | Path, name: str, fp16: bool = False, root: Path = EMBEDDED_DIR) -> Path:

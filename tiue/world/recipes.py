@@ -24,8 +24,8 @@ __all__ = ["JOBS", "load_recipe", "run_recipe", "RecipeResult"]
 
 JOBS = ("teacher", "features")
 _COMMON = {"job", "output_dir", "seed", "num_threads", "dataset_size", "world"}
-_SECTIONS = {"teacher": {"text_encoder", "vae", "teacher"}, "features": {"features"}}
-_STAGES = {"teacher": ("vae", "teacher"), "features": ("features",)}
+_SECTIONS = {"teacher": {"text_encoder", "vae", "teacher", "teacher_finetune"}, "features": {"features"}}
+_STAGES = {"teacher": ("vae", "teacher", "teacher_finetune"), "features": ("features",)}
 
 
 @dataclasses.dataclass
@@ -139,7 +139,10 @@ def _world(recipe) -> WorldConfig:
     return _settings(WorldConfig, recipe.get("world"), "world")
 
 
-def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, teacher_stage: StageCheckpoint) -> None:
+def _run_teacher(
+    recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, teacher_stage: StageCheckpoint,
+    finetune_stage: StageCheckpoint,
+) -> None:
     import shutil
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -163,6 +166,17 @@ def _run_teacher(recipe: dict[str, Any], out: Path, vae_stage: StageCheckpoint, 
     unet, text_encoder = train_teacher(
         teacher_settings, data, vae, tokenizer, text_encoder, teacher_stage
     )
+    # An optional second stage from the first one's EMA weights, e.g. an epsilon teacher moved to
+    # a zero-terminal-SNR v-prediction schedule; the pipeline then carries its schedule.
+    if recipe.get("teacher_finetune"):
+        finetune = dict(recipe["teacher_finetune"])
+        architecture = {"block_out_channels", "layers_per_block", "attention_heads"} & set(finetune)
+        if architecture:
+            raise ValueError(f"teacher_finetune: {sorted(architecture)} belong to the teacher section (the stage keeps its UNet)")
+        teacher_settings = _settings(TeacherSettings, dict({"seed": seed}, **finetune), "teacher_finetune")
+        unet, text_encoder = train_teacher(
+            teacher_settings, data, vae, tokenizer, text_encoder, finetune_stage, unet=unet
+        )
     # A plain Stable Diffusion folder: the teacher is sampled step by step (and distilled), never
     # loop-free, so its model_index names StableDiffusionPipeline, not TiUEPipeline.
     pipe = StableDiffusionPipeline(

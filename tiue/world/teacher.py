@@ -117,13 +117,18 @@ def train_teacher(
     tokenizer: CLIPTokenizer,
     text_encoder: CLIPTextModel,
     checkpoint: StageCheckpoint | None = None,
+    unet: UNet2DConditionModel | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Returns the EMA UNet and EMA text encoder, in eval mode; resumes from `checkpoint`."""
+    """Returns the EMA UNet and EMA text encoder, in eval mode; resumes from `checkpoint`.
+    `unet`: start from these weights (a fine-tuning stage) instead of a new UNet."""
     mean, std = encode_latents(vae.eval(), data.images)
     scale = vae.config.scaling_factor
     latent_size = mean.shape[-1]
-    unet = build_teacher_unet(settings, latent_size, text_encoder.config.hidden_size).train()
-    text_encoder.train()
+    if unet is None:
+        unet = build_teacher_unet(settings, latent_size, text_encoder.config.hidden_size)
+    # A previous stage's EMA copies come frozen.
+    unet.train().requires_grad_(True)
+    text_encoder.train().requires_grad_(True)
     noise_schedule = DDPMScheduler.from_config(teacher_scheduler_config(settings))
     tokens, null_tokens = tokenize_prompts(tokenizer, data.captions), tokenize_prompts(tokenizer, [""])
 
@@ -134,7 +139,7 @@ def train_teacher(
     unet_ema = ExponentialMovingAverage(unet, settings.ema_decay)
     text_ema = ExponentialMovingAverage(text_encoder, settings.ema_decay)
     generator = torch.Generator().manual_seed(settings.seed)
-    log = ProgressLog("teacher", settings.steps)
+    log = ProgressLog(checkpoint.stage if checkpoint is not None else "teacher", settings.steps)
 
     def step_fn(step: int) -> None:
         index = torch.randint(len(data), (settings.batch_size,), generator=generator)
