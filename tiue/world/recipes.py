@@ -5,8 +5,11 @@
 
 A recipe names its `job` and the settings of each part; missing settings take the defaults of
 the dataclasses in the job's modules. The result lands in OUTPUT_DIR/final (a pipeline folder
-for the teacher, a feature-network folder for the features), written atomically. The
-distilled students are `tiue train` configs (configs/shapes-tiue*.yaml, configs/shapes-vsd.yaml).
+for the teacher, a feature-network folder for the features), written atomically. A teacher
+recipe may add a `teacher_finetune` section: a second training stage from the first stage's EMA
+weights, with its own schedule settings (the shapes teacher moves its epsilon UNet to
+v-prediction at zero terminal SNR this way). The distilled students are `tiue train` configs
+(configs/shapes-tiue*.yaml, configs/shapes-vsd.yaml).
 """
 
 from __future__ import annotations
