@@ -23,7 +23,7 @@ def cli_cases(tmp):
     train = ["train", "--teacher", "shapes-teacher", "--captions", str(tmp / "captions.txt"), "--output-dir", out,
              "--batch-size", "2", "--max-steps", "1", "--device", "cpu", "--report-to", "none"]
     return {
-        "sample --steps past the schedule": (sample + ["--steps", "1000"], "--steps"),
+        "sample --steps past the schedule": (sample + ["--steps", "1001"], "--steps"),
         "sample --device mps": (sample + ["--device", "mps"], "--device"),
         "sample --dtype fp64": (sample + ["--dtype", "fp64"], "--dtype"),
         "sample --seed 2**70": (sample + ["--seed", str(2**70)], "--seed"),
