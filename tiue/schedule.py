@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["SD21_SCHEDULER_CONFIG", "TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_chain", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
+__all__ = ["SD21_SCHEDULER_CONFIG", "TIMESTEP_SPACINGS", "ddim_timesteps", "loopfree_coefficients", "ddim_chain", "DDIMStep", "ddim_step_coefficients", "as_ddim_scheduler", "warn_if_encoder_far_from_noise"]
 
 _LINEAR_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # diffusers' DDIM timestep spacings: "leading" (SD's configs), "trailing" (K = 1 at t = 999), "linspace".
@@ -156,15 +157,23 @@ def loopfree_coefficients(
     coeffs = [0.0] * (num_inference_steps + 1)
     tail = 1.0
     for k in range(num_inference_steps - 1, -1, -1):
-        a_k, b_k = steps[k]
+        a_k, b_k, _ = steps[k]
         coeffs[k + 1] = b_k * tail
         tail *= a_k
     coeffs[0] = tail
     return timesteps, torch.tensor(coeffs, dtype=torch.float64)
 
 
-def ddim_chain(scheduler, num_inference_steps: int) -> tuple[torch.Tensor, list[tuple[float, float]]]:
-    """Timesteps (K,) and each step's (a_k, b_k), z_{k+1} = a_k z_k + b_k out_k, in scheduler order."""
+class DDIMStep(NamedTuple):
+    """One deterministic DDIM step from timestep t: z_next = a * z_t + b * out_t."""
+
+    a: float
+    b: float
+    alphabar: float  # alphabar_t, where the step's model output is made
+
+
+def ddim_chain(scheduler, num_inference_steps: int) -> tuple[torch.Tensor, list[DDIMStep]]:
+    """Timesteps (K,) and each step of the chain, in scheduler order."""
     timesteps = ddim_timesteps(scheduler, num_inference_steps)
     num_train = scheduler.config.num_train_timesteps
     alphas = scheduler.alphas_cumprod.double()
@@ -177,5 +186,5 @@ def ddim_chain(scheduler, num_inference_steps: int) -> tuple[torch.Tensor, list[
     for t in timesteps.tolist():
         prev = t - stride
         alpha_prev = float(alphas[prev]) if prev >= 0 else final_alpha
-        steps.append(ddim_step_coefficients(float(alphas[t]), alpha_prev, prediction_type))
+        steps.append(DDIMStep(*ddim_step_coefficients(float(alphas[t]), alpha_prev, prediction_type), float(alphas[t])))
     return timesteps, steps

@@ -37,8 +37,7 @@ def decoder_outputs(pipe, prompts: list[str], num_steps: int, seed: int = 0, noi
     if noise_predictions:
         scheduler = as_ddim_scheduler(pipe.scheduler)
         _, chain = ddim_chain(scheduler, num_steps)
-        alphas = [float(scheduler.alphas_cumprod[t]) for t in timesteps.tolist()]
-        outputs = decoder_epsilons(latents, outputs, chain, alphas, scheduler.config.prediction_type)
+        outputs = decoder_epsilons(latents, outputs, chain, scheduler.config.prediction_type)
     return outputs.double().cpu().numpy()
 
 

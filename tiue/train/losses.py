@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tiue import ops
+from tiue.schedule import DDIMStep
 
 __all__ = [
     "loopfree_latent",
@@ -48,20 +49,19 @@ def kl_loss(decoder_outputs: torch.Tensor, lambda_kl: float) -> torch.Tensor:
 
 
 def decoder_epsilons(
-    initial_noise: torch.Tensor, decoder_outputs: torch.Tensor, chain: list[tuple[float, float]],
-    alphas_cumprod: list[float], prediction_type: str,
+    initial_noise: torch.Tensor, decoder_outputs: torch.Tensor, chain: list[DDIMStep], prediction_type: str
 ) -> torch.Tensor:
     """The K decoder outputs as noise predictions: out_k converted at the chain's own z_k.
 
-    z_0 = z_K and z_{k+1} = a_k z_k + b_k out_k (the loop-free chain's steps), so the noise each
+    z_0 = z_K and z_{k+1} = a_k z_k + b_k out_k (`tiue.schedule.ddim_chain`), so the noise each
     decoder predicts is known without running the loop.
     """
     if prediction_type == "epsilon":
         return decoder_outputs
     state, epsilons = initial_noise.float(), []
-    for output, (a_k, b_k), alpha in zip(decoder_outputs.float().unbind(0), chain, alphas_cumprod):
-        epsilons.append(to_epsilon(output, state, output.new_full(output.shape[:1], alpha), prediction_type))
-        state = a_k * state + b_k * output
+    for output, step in zip(decoder_outputs.float().unbind(0), chain):
+        epsilons.append(to_epsilon(output, state, output.new_full(output.shape[:1], step.alphabar), prediction_type))
+        state = step.a * state + step.b * output
     return torch.stack(epsilons)
 
 

@@ -115,7 +115,6 @@ class DistillationStep:
         # their noise predictions, which a v-prediction student's outputs are not.
         self.kl_target = kl_target
         _, self.chain = ddim_chain(scheduler, num_steps)
-        self.chain_alphas = [float(scheduler.alphas_cumprod[t]) for t in self.timesteps.tolist()]
         self.timesteps = self.timesteps.to(device)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.clip, self.vae = clip, vae
@@ -148,7 +147,7 @@ class DistillationStep:
     def kl_inputs(self, outputs: torch.Tensor, initial_noise: torch.Tensor) -> torch.Tensor:
         if self.kl_target == "output":
             return outputs
-        return losses.decoder_epsilons(initial_noise, outputs, self.chain, self.chain_alphas, self.prediction_type)
+        return losses.decoder_epsilons(initial_noise, outputs, self.chain, self.prediction_type)
 
     @torch.no_grad()
     def teacher_and_fake_score_eps(
