@@ -19,7 +19,7 @@ SAFETY_NOTE = (
 # The settings a reader needs to judge a student, in this order, when the training summary has them.
 _TRAINING_KEYS = (
     "teacher", "num_steps", "timestep_spacing", "lambda_kl", "kl_target", "guidance_scale", "learning_rate",
-    "learning_rate_lora", "lora_rank", "lora_alpha", "ema_decay", "batch_size", "max_steps",
+    "learning_rate_lora", "lora_rank", "lora_alpha", "lora_loss", "ema_decay", "batch_size", "max_steps",
     "mixed_precision", "seed",
 )
 

@@ -103,6 +103,7 @@ def test_too_few_captions_for_one_step():
         (dict(num_steps=2.5), TypeError, "--num-steps: expected an integer"),
         (dict(lora_init="kaiming"), ValueError, "--lora-init: expected one of default, gaussian, got 'kaiming'"),
         (dict(kl_target="v"), ValueError, "--kl-target: expected one of output, epsilon, got 'v'"),
+        (dict(lora_loss="v"), ValueError, "--lora-loss: expected one of alphabar, teacher, got 'v'"),
         (dict(lora_null_prompt_scope="row"), ValueError, "--lora-null-prompt-scope: expected one of batch, sample"),
         (dict(timestep_spacing="even"), ValueError, "--timestep-spacing: expected one of leading, trailing, linspace"),
         (dict(half_precision_teacher="yes"), TypeError, "--half-precision-teacher: expected true or false"),

@@ -20,7 +20,7 @@ from tiue.train.step import DistillationStep
 K, B, LAMBDA_KL, GUIDANCE = 2, 2, 0.1, 4.5
 
 
-def make_parts(prediction_type="epsilon", kl_target="output", **schedule):
+def make_parts(prediction_type="epsilon", kl_target="output", lora_loss="alphabar", **schedule):
     scheduler = DDIMScheduler.from_config(dict(SD21_SCHEDULER_CONFIG, prediction_type=prediction_type, **schedule))
     student = TiUEUNet(build_unet("tiny", seed=0))
     teacher = build_unet("tiny", seed=1)
@@ -35,7 +35,7 @@ def make_parts(prediction_type="epsilon", kl_target="output", **schedule):
     step = DistillationStep(
         student=student, fake_score=teacher, fake_score_unwrapped=teacher, scheduler=scheduler,
         null_text=null_text, num_steps=K, guidance_scale=GUIDANCE, lambda_kl=LAMBDA_KL,
-        device=torch.device("cpu"), kl_target=kl_target,
+        device=torch.device("cpu"), kl_target=kl_target, lora_loss=lora_loss,
     )
     text = torch.randn(B, 77, 32, generator=torch.Generator().manual_seed(5))
     draws = draw_step(
@@ -152,6 +152,37 @@ def test_lora_loss_is_alphabar_weighted_mse_with_null_prompt_dropout(prediction_
     grads = {n: p.grad for n, p in teacher.named_parameters()}
     assert all(g is None for n, g in grads.items() if ".fake_score." not in n), "the teacher base got gradients"
     assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".fake_score." in n)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_lora_loss_teacher_objective_is_unweighted_mse_of_the_teachers_target(prediction_type):
+    # v and x0 teachers at zero terminal SNR: at t = 999 alphabar is 0, where the alphabar-weighted
+    # loss teaches nothing (an epsilon teacher cannot predict there, so it keeps SD's schedule).
+    zero_snr = {} if prediction_type == "epsilon" else dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    step, _, teacher, scheduler, text, draws = make_parts(prediction_type, lora_loss="teacher", **zero_snr)
+    draws.lora_null_prompt = torch.tensor([False, True])
+    draws.lora_timesteps = torch.tensor([999, 400])
+    x0 = torch.randn(B, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    loss = step.lora_loss(x0, text, draws)
+
+    alpha = scheduler.alphas_cumprod[draws.lora_timesteps].double()
+    assert prediction_type == "epsilon" or alpha[0] == 0
+    noisy = closed_form_noisy(x0, draws.lora_noise, alpha.float())
+    prompts = torch.stack([text[0], step.null_text.text[0]])
+    with torch.no_grad():
+        output = teacher(noisy, draws.lora_timesteps, prompts).sample.double()
+    a = alpha.reshape(-1, 1, 1, 1)
+    target = {
+        "epsilon": draws.lora_noise.double(),
+        "v_prediction": a.sqrt() * draws.lora_noise.double() - (1 - a).sqrt() * x0.double(),
+        "sample": x0.double(),
+    }[prediction_type]
+    per_sample = ((output - target) ** 2).mean(dim=(1, 2, 3))
+    assert per_sample[0] > 0  # the t = 999 row counts
+    assert loss.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in teacher.named_parameters() if ".fake_score." in n)
 
 
 def test_mixed_adapter_batch_equals_separate_passes():

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tiue.train.config import (
-    KL_TARGETS, LORA_INITS, LR_SCHEDULERS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS,
+    KL_TARGETS, LORA_INITS, LORA_LOSSES, LR_SCHEDULERS, MIXED_PRECISIONS, NULL_PROMPT_SCOPES, REPORT_TO, TIMESTEP_SPACINGS,
 )
 
 __all__ = ["add_arguments", "run", "config_from_args"]
@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--lora-alpha", type=float, help="default 108")
     method.add_argument("--lora-targets", type=_comma_list, help="comma-separated module names (default to_q,to_v)")
     method.add_argument("--lora-init", choices=LORA_INITS, help="LoRA initialisation (default: peft's default, as the official script)")
+    method.add_argument("--lora-loss", choices=LORA_LOSSES,
+                        help="the fake-score LoRA's loss: alphabar (default, the official script's: epsilon MSE "
+                        "weighted by sqrt(alphabar_t)) or teacher (the teacher's own objective, epsilon, v or x0 MSE "
+                        "unweighted; for a v-prediction teacher on a zero-terminal-SNR schedule, where the "
+                        "alphabar weight vanishes at high noise)")
     method.add_argument("--lora-null-prompt-probability", type=float, help="chance the LoRA loss uses the null prompt (default 0.1)")
     method.add_argument("--lora-null-prompt-scope", choices=NULL_PROMPT_SCOPES,
                         help="one null-prompt draw per batch (default, official) or per sample")

@@ -17,7 +17,7 @@ from tiue.schedule import TIMESTEP_SPACINGS
 
 __all__ = [
     "TrainConfig", "load_yaml_config", "canonical_settings", "flag_name", "MIXED_PRECISIONS", "REPORT_TO",
-    "NULL_PROMPT_SCOPES", "LORA_INITS", "KL_TARGETS", "TIMESTEP_SPACINGS", "LR_SCHEDULERS", "EXAMPLE_ALIASES",
+    "NULL_PROMPT_SCOPES", "LORA_INITS", "KL_TARGETS", "LORA_LOSSES", "TIMESTEP_SPACINGS", "LR_SCHEDULERS", "EXAMPLE_ALIASES",
 ]
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -30,6 +30,7 @@ NULL_PROMPT_SCOPES = ("batch", "sample")
 # "default": peft's init (A Kaiming-uniform, B zero; the official script); "gaussian": A ~ N(0, 1/r).
 LORA_INITS = ("default", "gaussian")
 KL_TARGETS = ("output", "epsilon")
+LORA_LOSSES = ("alphabar", "teacher")
 
 # Settings of diffusers' training examples (train_text_to_image_lora.py, train_lcm_distill_sd_wds.py)
 # spelled differently here: a YAML config written for them reads the same. Names the two share
@@ -107,6 +108,7 @@ class TrainConfig:
     lora_null_prompt_probability: float = 0.1
     lora_null_prompt_scope: str = "batch"
     lora_init: str = "default"
+    lora_loss: str = "alphabar"  # the fake score's loss: the official sqrt(alphabar)-weighted epsilon MSE, or the teacher's own objective
     timestep_spacing: str | None = None  # the student's K timesteps; None = the teacher scheduler's own
     clip_model: str | None = None
     lambda_clip: float = 0.0
@@ -197,6 +199,7 @@ class TrainConfig:
         _check_choice("lora_null_prompt_scope", self.lora_null_prompt_scope, NULL_PROMPT_SCOPES)
         _check_choice("lora_init", self.lora_init, LORA_INITS)
         _check_choice("kl_target", self.kl_target, KL_TARGETS)
+        _check_choice("lora_loss", self.lora_loss, LORA_LOSSES)
         if self.timestep_spacing is not None:
             _check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         if self.overwrite and self.resume is not None:

@@ -2,7 +2,8 @@
 
 Predictions of v-prediction teachers are converted to epsilon before they enter a loss
 (`to_epsilon`), so every formula below is the paper's epsilon-space formula whatever the
-teacher predicts. The student's own decoder outputs stay in the teacher's parameterisation
+teacher predicts; `teacher_objective_loss` alone, an option for the fake score, stays in the
+teacher's own parameterisation. The student's own decoder outputs stay in the teacher's parameterisation
 (the loop-free coefficients handle epsilon, v and sample prediction alike), and the KL term
 applies to those raw outputs, as the public code applies it to the UNet's output.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "vsd_gradient",
     "vsd_loss",
     "lora_loss",
+    "teacher_objective_loss",
     "per_sample",
     "decoder_epsilons",
 ]
@@ -108,3 +110,26 @@ def lora_loss(eps_lora: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch
     """mse(sqrt(alphabar_t) * eps_lora, sqrt(alphabar_t) * noise)."""
     weight = per_sample(alphas_cumprod.float(), noise).sqrt()
     return F.mse_loss(weight * eps_lora.float(), weight * noise.float(), reduction="mean")
+
+
+def teacher_objective_loss(
+    model_output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """The teacher's own denoising objective, unweighted: mse of the raw output against the
+    noise (epsilon), v = sqrt(alphabar) noise - sqrt(1 - alphabar) x0 (v_prediction) or x0.
+
+    Against `lora_loss`'s alphabar weighting (alphabar^2 in v terms), a v-prediction fake score
+    trained this way keeps learning at high noise, where a zero-terminal-SNR schedule's alphabar
+    reaches 0 and the weighted loss stops teaching it anything.
+    """
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        alpha = per_sample(alphas_cumprod.float(), noise)
+        target = alpha.sqrt() * noise.float() - (1 - alpha).sqrt() * x0.float()
+    elif prediction_type == "sample":
+        target = x0
+    else:
+        raise ValueError(f"prediction_type: expected epsilon, v_prediction or sample, got {prediction_type!r}")
+    return F.mse_loss(model_output.float(), target.float(), reduction="mean")

@@ -96,6 +96,7 @@ class DistillationStep:
         lambda_kl: float,
         device: torch.device,
         kl_target: str = "output",
+        lora_loss: str = "alphabar",
         clip=None,
         vae=None,
         lambda_clip: float = 0.0,
@@ -115,6 +116,7 @@ class DistillationStep:
         # their noise predictions, which a v-prediction student's outputs are not.
         self.kl_target = kl_target
         _, self.chain = ddim_chain(scheduler, num_steps)
+        self.lora_objective = lora_loss
         self.timesteps = self.timesteps.to(device)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.clip, self.vae = clip, vae
@@ -128,7 +130,7 @@ class DistillationStep:
         return cls(
             student=student, fake_score=fake_score, fake_score_unwrapped=fake_score_unwrapped, scheduler=scheduler,
             null_text=null_text, num_steps=config.num_steps, guidance_scale=config.guidance_scale,
-            lambda_kl=config.lambda_kl, device=device, kl_target=config.kl_target, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
+            lambda_kl=config.lambda_kl, device=device, kl_target=config.kl_target, lora_loss=config.lora_loss, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
             clip_margin=config.clip_margin, autocast=autocast,
         )
 
@@ -202,11 +204,15 @@ class DistillationStep:
     # -- fake-score LoRA -------------------------------------------------------------------
 
     def lora_loss(self, x0: torch.Tensor, text: Conditioning | torch.Tensor, draws: StepDraws) -> torch.Tensor:
-        """Denoising loss of the fake-score teacher on the student's (detached) samples."""
+        """Denoising loss of the fake-score teacher on the student's (detached) samples: the
+        official alphabar-weighted epsilon MSE, or (lora_loss="teacher") the teacher's own
+        objective."""
         noisy = self.scheduler.add_noise(x0.detach(), draws.lora_noise, draws.lora_timesteps)
         text = as_conditioning(text)
         text = text.where(~draws.lora_null_prompt, self.null_batch(text.batch_size))
         out = self.fake_score(noisy, draws.lora_timesteps, **text.unet_kwargs(), return_dict=False)[0].float()
         alpha = self.alphas_cumprod[draws.lora_timesteps]
+        if self.lora_objective == "teacher":
+            return losses.teacher_objective_loss(out, x0.detach(), draws.lora_noise, alpha, self.prediction_type)
         eps_lora = losses.to_epsilon(out, noisy, alpha, self.prediction_type)
         return losses.lora_loss(eps_lora, draws.lora_noise, alpha)

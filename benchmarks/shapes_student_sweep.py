@@ -1,0 +1,109 @@
+"""The shapes student sweep: what a TiUE student's settings do at a fixed budget.
+
+Each variant is configs/shapes-tiue-ablation.yaml (the shipped recipe's settings, 400 steps,
+seed 0) with a few settings changed. For each: train it (resumable: a rerun continues an interrupted
+run and skips finished ones), then `tiue eval` it at N = 256 and measure its seed diversity.
+Lanes run side by side on a 2-core machine, one thread each:
+
+    OMP_NUM_THREADS=1 python benchmarks/shapes_student_sweep.py --only base leading K2
+    OMP_NUM_THREADS=1 python benchmarks/shapes_student_sweep.py --only cfg1.5 kl1 K8
+    python benchmarks/shapes_student_sweep.py --table      # the results so far, as markdown
+
+Runs go to runs/sweep/NAME, results to runs/sweep/NAME/eval.json and diversity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tiue.files import write_text_atomically
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_DIR = REPO / "runs" / "sweep"
+BASE_CONFIG = "configs/shapes-tiue-ablation.yaml"
+
+# name -> (settings over BASE_CONFIG, what it tests); each run's full config is written beside it
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "base": ({}, "the shipped settings at 400 steps"),
+    "base-200": ({"max_steps": 200}, "the shipped settings at 200 steps"),
+    "base-800": ({"max_steps": 800}, "the shipped settings at 800 steps"),
+    "leading": ({"timestep_spacing": "leading"}, "encoder at t = 751 (leading spacing) instead of t = 999"),
+    "cfg1.5": ({"guidance_scale": 1.5}, "teacher CFG 1.5 (the teacher's best 4-step row) instead of 2"),
+    "cfg3": ({"guidance_scale": 3.0}, "teacher CFG 3 instead of 2"),
+    "kl1": ({"lambda_kl": 1.0}, "KL weight 1.0 instead of 0.1"),
+    "lora64": (
+        {"lora_rank": 64, "lora_alpha": 108, "lora_targets": "to_q,to_k,to_v,to_out.0"},
+        "a larger fake score: rank 64 on q, k, v and out",
+    ),
+    "lora-teacher": (
+        {"lora_loss": "teacher"}, "the fake score trained on the teacher's own v objective, not alphabar-weighted epsilon"
+    ),
+    "vsd-low-t": ({"vsd_max_timestep": 500}, "VSD timesteps in [20, 500] instead of [20, 980]"),
+    "lr3e-5-1200": ({"learning_rate": 3e-5, "max_steps": 1200}, "student lr 3e-5 over 1200 steps"),
+    "K2": ({"num_steps": 2}, "K = 2 decoder steps (paper Table 4)"),
+    "K8": ({"num_steps": 8}, "K = 8 decoder steps (paper Table 4)"),
+}
+
+
+def run(command: list[str], log: Path) -> None:
+    print("$", " ".join(command), flush=True)
+    with open(log, "a") as out:
+        subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def variant(name: str) -> None:
+    settings, _ = VARIANTS[name]
+    out = SWEEP_DIR / name
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "sweep.log"
+    if not (out / "final").is_dir():
+        config = {**yaml.safe_load((REPO / BASE_CONFIG).read_text()), **settings, "output_dir": str(out)}
+        write_text_atomically(out / "sweep-config.yaml", yaml.safe_dump(config, sort_keys=False))
+        run(["tiue", "train", "--config", str(out / "sweep-config.yaml"), "--resume", "latest"], log)
+    steps = str(settings.get("num_steps", 4))
+    if not (out / "eval.json").is_file():
+        run(["tiue", "eval", "--model", str(out / "final"), "--steps", steps, "--num-images", "256", "--threads", "1",
+             "--no-progress", "--json", str(out / "eval.json")], log)
+    if not (out / "diversity.json").is_file():
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from shapes_seed_diversity import diversity
+
+        std, near_copies = diversity(str(out / "final"), int(steps), "loopfree", None)
+        write_text_atomically(out / "diversity.json", json.dumps({"std": std, "near_copies": near_copies}))
+
+
+def table() -> str:
+    rows = ["| variant | what it tests | FID | recall | accuracy | seed diversity: per-pixel std (near-copy pairs) |", "|---|---|---|---|---|---|"]
+    for name, (_, what) in VARIANTS.items():
+        out = SWEEP_DIR / name
+        if not (out / "eval.json").is_file():
+            continue
+        metrics = json.loads((out / "eval.json").read_text())
+        diversity = ""
+        if (out / "diversity.json").is_file():
+            seeds = json.loads((out / "diversity.json").read_text())
+            diversity = f"{seeds['std']:.1f} ({seeds['near_copies']:.0%} near-copies)"
+        rows.append(f"| {name} | {what} | {metrics['fid']:.0f} | {metrics['recall']:.3f} | {metrics['accuracy']:.3f} | {diversity} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run, in order (default all)")
+    parser.add_argument("--table", action="store_true", help="print the results so far and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
+    for name in args.only or VARIANTS:
+        variant(name)
+
+
+if __name__ == "__main__":
+    main()
