@@ -89,5 +89,14 @@ def write_model_card(folder: str | Path, **card) -> Path:
     return path
 
 
+def rename_card(text: str, old: str, new: str) -> str:
+    """A card written for a folder named `old`, for the same model under the name `new`: its
+    title and its load commands name the new one."""
+    for before, after in ((f"# {old}\n", f"# {new}\n"), (f'from_pretrained("{old}")', f'from_pretrained("{new}")'),
+                          (f"--model {old} ", f"--model {new} ")):
+        text = text.replace(before, after)
+    return text
+
+
 def _yaml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -104,6 +104,7 @@ def test_distillation_recipe_runs_a_step(tiny_pipeline_dir, tmp_path):
 def test_embed_stores_weights_in_half_precision_and_loads_them_as_float32(tiny_pipeline_dir, tmp_path):
     from safetensors.torch import load_file
 
+    from tiue.model_card import write_model_card
     from tiue.pipeline import TiUEPipeline
     from tiue.world.embedding import embed_model
 
@@ -111,7 +112,11 @@ def test_embed_stores_weights_in_half_precision_and_loads_them_as_float32(tiny_p
     shutil.copytree(tiny_pipeline_dir, source)
     (source / "unet_raw").mkdir()  # a trainer's artefact beside the components: not shipped
     (source / "unet_raw" / "weights.safetensors").write_bytes(b"")
+    write_model_card(source, name="source")  # as a training run's final/ has one, naming its folder
     target = embed_model(source, "tiny", fp16=True, root=tmp_path / "embedded")
+    card = (target / "README.md").read_text()
+    assert "# tiny\n" in card and 'from_pretrained("tiny")' in card and "--model tiny " in card
+    assert "source" not in card
     assert not (target / "unet_raw").exists() and (target / "model_index.json").is_file()
     unet = load_file(str(next((target / "unet").glob("*.safetensors"))))
     text = load_file(str(next((target / "text_encoder").glob("*.safetensors"))))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tiue.embedded import EMBEDDED_DIR
 from tiue.files import atomic_directory
+from tiue.model_card import CARD_FILE, rename_card
 
 __all__ = ["embed_model", "HALF_PRECISION_FOLDERS"]
 
@@ -48,6 +49,9 @@ def embed_model(source: str | Path, name: str, fp16: bool = False, root: Path = 
                 save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(destination))
             else:
                 shutil.copy2(item, destination)
+        card = tmp / CARD_FILE
+        if card.is_file():  # written for the run's folder (say, final/): it should name the model
+            card.write_text(rename_card(card.read_text(), source.name, name))
     return target
 
 
