@@ -5,8 +5,8 @@ similarity (Fig. 1c). One command, from the repository root:
     OMP_NUM_THREADS=1 python benchmarks/shapes_results.py
 
 Models default to the embedded teacher and student, to the one-step VSD student of
-configs/shapes-vsd.yaml and to the KL ablation runs (three seeds with and without KL, see
-RECIPES), all under runs/*/final.
+configs/shapes-vsd.yaml, to seeds 1 and 2 of both students' recipes, and to the KL ablation
+runs (three seeds with and without KL), all under runs/*/final (see RECIPES).
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ RECIPES = {  # recipe -> (command, output folder holding wall_time.txt)
     "configs/shapes-vsd.yaml": ("tiue train --config configs/shapes-vsd.yaml", "runs/shapes-vsd"),
 }
 ABLATION_SEEDS = (0, 1, 2)
+for _seed in ABLATION_SEEDS[1:]:  # TiUE against one-step VSD: seed 0 is the shipped recipe itself
+    for _name in ("tiue", "vsd"):
+        RECIPES[f"configs/shapes-{_name}.yaml seed {_seed}"] = (
+            f"tiue train --config configs/shapes-{_name}.yaml --seed {_seed} --output-dir runs/shapes-{_name}-s{_seed}",
+            f"runs/shapes-{_name}-s{_seed}",
+        )
 for _seed in ABLATION_SEEDS:  # the KL ablation: the shipped recipe's settings on a shorter budget
     for _name in ("tiue-ablation", "tiue-nokl"):
         RECIPES[f"configs/shapes-{_name}.yaml seed {_seed}"] = (
@@ -63,6 +69,9 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "docs/results")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild shapes.md from the last run's shapes.json and today's shapes-notes.md, without evaluating "
+                             "(give the options that run was given)")
     return parser.parse_args()
 
 
@@ -91,6 +100,37 @@ def ablation_specs(args) -> dict[str, list[EvalSpec]]:
         label: [EvalSpec(f"runs/shapes-{name}-s{seed}/final", **common) for seed in ABLATION_SEEDS]
         for label, name in (("TiUE, λ_KL = 0.1", "tiue-ablation"), ("TiUE w/o KL", "tiue-nokl"))
     }
+
+
+def method_specs(args) -> dict[str, list[EvalSpec]]:
+    """TiUE and the one-step VSD student on the same recipe budget, three seeds each (seed 0 is
+    the shipped recipe's own run)."""
+    common = dict(num_images=args.num_images, seed=args.seed, batch_size=64)
+    return {
+        label: [EvalSpec(f"runs/shapes-{name}/final" if seed == 0 else f"runs/shapes-{name}-s{seed}/final", steps=steps, **common)
+                for seed in ABLATION_SEEDS]
+        for label, name, steps in (("TiUE (K = 4, λ_KL = 0.1)", "tiue", 4), ("One-step VSD (K = 1, t = 999)", "vsd", 1))
+    }
+
+
+def seeded_metrics(groups: dict[str, list[EvalSpec]]) -> dict[str, dict[str, list[float]]]:
+    """Each group's metrics over the seeds whose run exists."""
+    out = {}
+    for label, specs in groups.items():
+        runs = [evaluate(spec) for spec in specs if Path(spec.model).is_dir()]
+        if runs:
+            out[label] = {key: [r[key] for r in runs] for key in ("fid", "recall", "accuracy", "precision")}
+            print(f"{label}: {json.dumps(out[label])}", flush=True)
+    return out
+
+
+def seeded_table(groups: dict[str, dict[str, list[float]]]) -> list[str]:
+    return [
+        "| student | FID ↓ | Precision ↑ | Recall ↑ | Accuracy ↑ |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {label} (n = {len(v['fid'])}) | {mean_std(v['fid'])} | {mean_std(v['precision'])} | {mean_std(v['recall'])} "
+          f"| {mean_std(v['accuracy'])} |" for label, v in groups.items()],
+    ]
 
 
 def mean_std(values) -> str:
@@ -221,6 +261,9 @@ def main() -> None:
     from tiue.sampling import load_pipeline
 
     args = parse_args()
+    if args.render_only:
+        render_from_json(args)
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     metrics, table_rows = {}, []
@@ -239,12 +282,8 @@ def main() -> None:
         table_rows.append((label, result))
         pipe = load_pipeline(spec.model, "cpu", "fp32").with_timestep_spacing(spec.timestep_spacing)
         grid_png(pipe, spec, args.out / f"shapes-grid-{key}.png")
-    ablations = {}
-    for label, specs in ablation_specs(args).items():
-        runs = [evaluate(spec) for spec in specs if Path(spec.model).is_dir()]
-        if runs:
-            ablations[label] = {key: [r[key] for r in runs] for key in ("fid", "recall", "accuracy", "precision")}
-            print(f"{label}: {json.dumps(ablations[label])}", flush=True)
+    methods = seeded_metrics(method_specs(args))
+    ablations = seeded_metrics(ablation_specs(args))
     targets = target_check(metrics, args.cfg_sweep)
     distribution = decoder_distribution_png(
         {"TiUE (λ_KL = 0.1)": "runs/shapes-tiue-ablation-s0/final", "TiUE w/o KL": "runs/shapes-tiue-nokl-s0/final"},
@@ -252,14 +291,27 @@ def main() -> None:
     )
     similarity = similarity_png(args.teacher, args.out / "shapes-feature-similarity.png")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    summary = {"metrics": metrics, "ablations": ablations, "targets": targets,
+    summary = {"metrics": metrics, "methods": methods, "ablations": ablations, "targets": targets,
                "decoder_distribution": distribution, "feature_similarity": similarity,
                "wall_times": {r: s for r, _, s in wall_times()}, "revision": revision,
                "torch_threads": args.threads, "machine": platform.processor() or platform.machine()}
     write_text_atomically(args.out / "shapes.json", json.dumps(summary, indent=2, default=str) + "\n")
     write_text_atomically(
-        args.out / "shapes.md", render_markdown(args, table_rows, ablations, targets, distribution, similarity, revision)
+        args.out / "shapes.md",
+        render_markdown(args, table_rows, methods, ablations, targets, distribution, similarity, revision),
     )
+    print(f"wrote {args.out / 'shapes.md'}")
+
+
+def render_from_json(args) -> None:
+    """shapes.md again from shapes.json's numbers, for an edit of the notes."""
+    summary = json.loads((args.out / "shapes.json").read_text())
+    metrics = summary["metrics"]
+    args.threads = summary["torch_threads"]
+    table_rows = [(GENERATOR_LABEL, metrics["generator"])] + [(label, metrics[key]) for key, label, _ in rows(args)]
+    write_text_atomically(args.out / "shapes.md", render_markdown(
+        args, table_rows, summary.get("methods", {}), summary["ablations"], summary["targets"], summary["decoder_distribution"],
+        summary["feature_similarity"], summary["revision"]))
     print(f"wrote {args.out / 'shapes.md'}")
 
 
@@ -268,7 +320,7 @@ def load_range(table_rows) -> str:
     return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
 
 
-def render_markdown(args, table_rows, ablations, targets, distribution, similarity, revision) -> str:
+def render_markdown(args, table_rows, methods, ablations, targets, distribution, similarity, revision) -> str:
     notes_path = args.out / "shapes-notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     lines = [
@@ -282,7 +334,7 @@ def render_markdown(args, table_rows, ablations, targets, distribution, similari
         "every captioned attribute (shape, colour, and size/background when named) the feature network reads back. "
         "Teacher rows sample with DDIM (eta = 0) and the classifier-free guidance scale they name; students "
         "sample loop-free (encoder once, K decoders in one batch). CPU ms/image: batch 64, "
-        f"{args.threads} thread, VAE decode included, on a 2-core machine shared with other jobs "
+        f"{args.threads} thread{'s' if args.threads != 1 else ''}, VAE decode included, on a 2-core machine shared with other jobs "
         f"(1-minute load average during the timed rows: {load_range(table_rows)}), revision {revision}.",
         "",
         format_table(table_rows, first_header="Sampler"),
@@ -292,12 +344,13 @@ def render_markdown(args, table_rows, ablations, targets, distribution, similari
         + (f"{targets['accuracy_ratio']:.2f}x" if targets["accuracy_ratio"] is not None else "n/a")
         + f" its accuracy (target >= 0.9x); the one-step VSD student's FID is {targets['vsd_fid_ratio']:.2f}x.",
         "",
+        "## TiUE against one-step VSD on the same budget (paper Table 1): three seeds each, mean ± std",
+        "",
+        *seeded_table(methods),
+        "",
         "## KL ablation (paper Table 3): three seeds each, mean ± std",
         "",
-        "| student | FID ↓ | Precision ↑ | Recall ↑ | Accuracy ↑ |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {label} (n = {len(v['fid'])}) | {mean_std(v['fid'])} | {mean_std(v['precision'])} | {mean_std(v['recall'])} "
-          f"| {mean_std(v['accuracy'])} |" for label, v in ablations.items()],
+        *seeded_table(ablations),
         "",
         "## Samples: 8 seeds per prompt (paper Fig. 7)",
         "",
@@ -332,7 +385,7 @@ def render_markdown(args, table_rows, ablations, targets, distribution, similari
         "|---|---|---:|",
     ]
     for recipe, command, seconds in wall_times():
-        shown = "not run here" if seconds is None else f"{seconds / 60:.1f} min"
+        shown = "not rerun for this page (see the notes)" if seconds is None else f"{seconds / 60:.1f} min"
         lines.append(f"| `{recipe}` | `{command}` | {shown} |")
     if notes:
         lines += ["", notes.strip()]

@@ -1,8 +1,10 @@
 """The shapes student sweep: what a TiUE student's settings do at a fixed budget.
 
 Each variant is configs/shapes-tiue-ablation.yaml (the shipped recipe's settings, 400 steps,
-seed 0) with a few settings changed. For each: train it (resumable: a rerun continues an interrupted
-run and skips finished ones), then `tiue eval` it at N = 256 and measure its seed diversity.
+seed 0) with the official fake-score loss (`lora_loss: alphabar`) and a few settings changed.
+For each: train it (resumable: a rerun continues an interrupted run and skips finished ones),
+then `tiue eval` it at N = 256 and measure its seed diversity. A variant with a list of budgets
+is one run, measured at each.
 Lanes run side by side on a 2-core machine, one thread each:
 
     OMP_NUM_THREADS=1 python benchmarks/shapes_student_sweep.py --only base leading K2
@@ -28,11 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPO / "runs" / "sweep"
 BASE_CONFIG = "configs/shapes-tiue-ablation.yaml"
 
-# name -> (settings over BASE_CONFIG, what it tests); each run's full config is written beside it
+# The sweep predates the shipped recipe's `lora_loss: teacher`: its base is the official fake-score loss.
+BASE_SETTINGS = {"lora_loss": "alphabar"}
+# name -> (settings over BASE_CONFIG and BASE_SETTINGS, what it tests); each run's full config is
+# written beside it
 VARIANTS: dict[str, tuple[dict, str]] = {
-    "base": ({}, "the shipped settings at 400 steps"),
-    "base-200": ({"max_steps": 200}, "the shipped settings at 200 steps"),
-    "base-800": ({"max_steps": 800}, "the shipped settings at 800 steps"),
+    "base": ({}, "the official fake-score loss, 400 steps"),
+    "base-200": ({"max_steps": 200}, "base at 200 steps"),
+    "base-800": ({"max_steps": 800}, "base at 800 steps"),
     "leading": ({"timestep_spacing": "leading"}, "encoder at t = 751 (leading spacing) instead of t = 999"),
     "cfg1.5": ({"guidance_scale": 1.5}, "teacher CFG 1.5 (the teacher's best 4-step row) instead of 2"),
     "cfg3": ({"guidance_scale": 3.0}, "teacher CFG 3 instead of 2"),
@@ -44,10 +49,28 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "lora-teacher": (
         {"lora_loss": "teacher"}, "the fake score trained on the teacher's own v objective, not alphabar-weighted epsilon"
     ),
+    "lora-teacher-long": (
+        {"lora_loss": "teacher", "max_steps": [800, 1600, 2700]},
+        "lora-teacher, one run measured at 800, 1600 and 2700 steps",
+    ),
+    "lora-teacher-cfg3": (
+        {"lora_loss": "teacher", "guidance_scale": 3.0, "max_steps": [400, 800]},
+        "lora-teacher with teacher CFG 3 instead of 2, measured at 400 and 800 steps",
+    ),
+    "lora-teacher-cfg4.5": (
+        {"lora_loss": "teacher", "guidance_scale": 4.5, "max_steps": [400]},
+        "lora-teacher with teacher CFG 4.5 instead of 2, at 400 steps",
+    ),
+    "lora-teacher-low-t": (
+        {"lora_loss": "teacher", "vsd_max_timestep": 500, "max_steps": [400, 800]},
+        "lora-teacher with VSD timesteps in [20, 500] instead of [20, 980], measured at 400 and 800 steps",
+    ),
     "vsd-low-t": ({"vsd_max_timestep": 500}, "VSD timesteps in [20, 500] instead of [20, 980]"),
     "lr3e-5-1200": ({"learning_rate": 3e-5, "max_steps": 1200}, "student lr 3e-5 over 1200 steps"),
     "K2": ({"num_steps": 2}, "K = 2 decoder steps (paper Table 4)"),
     "K8": ({"num_steps": 8}, "K = 8 decoder steps (paper Table 4)"),
+    "lora-teacher-K2": ({"lora_loss": "teacher", "num_steps": 2}, "lora-teacher with K = 2"),
+    "lora-teacher-K8": ({"lora_loss": "teacher", "num_steps": 8}, "lora-teacher with K = 8"),
 }
 
 
@@ -61,35 +84,52 @@ def variant(name: str) -> None:
     settings, _ = VARIANTS[name]
     out = SWEEP_DIR / name
     out.mkdir(parents=True, exist_ok=True)
+    budgets = settings.get("max_steps", 400)
+    if isinstance(budgets, int):
+        train_and_measure(out, settings, budgets, suffix="")
+        return
+    for budget in budgets:  # one run, measured at each budget: final/ is kept as final-BUDGET/
+        train_and_measure(out, settings, budget, suffix=f"-{budget}")
+
+
+def train_and_measure(out: Path, settings: dict, max_steps: int, suffix: str) -> None:
     log = out / "sweep.log"
-    if not (out / "final").is_dir():
-        config = {**yaml.safe_load((REPO / BASE_CONFIG).read_text()), **settings, "output_dir": str(out)}
+    final = out / f"final{suffix}"
+    if not final.is_dir():
+        config = {**yaml.safe_load((REPO / BASE_CONFIG).read_text()), **BASE_SETTINGS, **settings, "max_steps": max_steps,
+                  "output_dir": str(out)}
         write_text_atomically(out / "sweep-config.yaml", yaml.safe_dump(config, sort_keys=False))
         run(["tiue", "train", "--config", str(out / "sweep-config.yaml"), "--resume", "latest"], log)
+        if suffix:
+            (out / "final").rename(final)
     steps = str(settings.get("num_steps", 4))
-    if not (out / "eval.json").is_file():
-        run(["tiue", "eval", "--model", str(out / "final"), "--steps", steps, "--num-images", "256", "--threads", "1",
-             "--no-progress", "--json", str(out / "eval.json")], log)
-    if not (out / "diversity.json").is_file():
+    if not (out / f"eval{suffix}.json").is_file():
+        run(["tiue", "eval", "--model", str(final), "--steps", steps, "--num-images", "256", "--threads", "1",
+             "--no-progress", "--json", str(out / f"eval{suffix}.json")], log)
+    if not (out / f"diversity{suffix}.json").is_file():
         sys.path.insert(0, str(REPO / "benchmarks"))
         from shapes_seed_diversity import diversity
 
-        std, near_copies = diversity(str(out / "final"), int(steps), "loopfree", None)
-        write_text_atomically(out / "diversity.json", json.dumps({"std": std, "near_copies": near_copies}))
+        std, near_copies = diversity(str(final), int(steps), "loopfree", None)
+        write_text_atomically(out / f"diversity{suffix}.json", json.dumps({"std": std, "near_copies": near_copies}))
 
 
 def table() -> str:
-    rows = ["| variant | what it tests | FID | recall | accuracy | seed diversity: per-pixel std (near-copy pairs) |", "|---|---|---|---|---|---|"]
-    for name, (_, what) in VARIANTS.items():
+    rows = ["| variant | what it tests | FID | recall | accuracy | shape accuracy | seed diversity: per-pixel std (near-copy pairs) |",
+            "|---|---|---|---|---|---|---|"]
+    for name, (settings, what) in VARIANTS.items():
         out = SWEEP_DIR / name
-        if not (out / "eval.json").is_file():
-            continue
-        metrics = json.loads((out / "eval.json").read_text())
-        diversity = ""
-        if (out / "diversity.json").is_file():
-            seeds = json.loads((out / "diversity.json").read_text())
-            diversity = f"{seeds['std']:.1f} ({seeds['near_copies']:.0%} near-copies)"
-        rows.append(f"| {name} | {what} | {metrics['fid']:.0f} | {metrics['recall']:.3f} | {metrics['accuracy']:.3f} | {diversity} |")
+        budgets = settings.get("max_steps", 400)
+        for label, suffix in [(name, "")] if isinstance(budgets, int) else [(f"{name} @ {b}", f"-{b}") for b in budgets]:
+            if not (out / f"eval{suffix}.json").is_file():
+                continue
+            metrics = json.loads((out / f"eval{suffix}.json").read_text())
+            diversity = ""
+            if (out / f"diversity{suffix}.json").is_file():
+                seeds = json.loads((out / f"diversity{suffix}.json").read_text())
+                diversity = f"{seeds['std']:.1f} ({seeds['near_copies']:.0%} near-copies)"
+            rows.append(f"| {label} | {what} | {metrics['fid']:.0f} | {metrics['recall']:.3f} | "
+                        f"{metrics['accuracy']:.3f} | {metrics['accuracy_shape']:.3f} | {diversity} |")
     return "\n".join(rows)
 
 

@@ -4,6 +4,7 @@ settings when the folder came from `tiue train`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tiue.files import write_text_atomically
@@ -89,13 +90,24 @@ def write_model_card(folder: str | Path, **card) -> Path:
     return path
 
 
-def rename_card(text: str, old: str, new: str) -> str:
-    """A card written for a folder named `old`, for the same model under the name `new`: its
-    title and its load commands name the new one."""
-    for before, after in ((f"# {old}\n", f"# {new}\n"), (f'from_pretrained("{old}")', f'from_pretrained("{new}")'),
-                          (f"--model {old} ", f"--model {new} ")):
-        text = text.replace(before, after)
+def rename_card(text: str, new: str, base_model: str | None = None) -> str:
+    """A card written under another name (its title, say runs/x/final), for the same model under
+    the name `new`: its title and its load commands name the new one, and `base_model`, when
+    given, replaces the front matter's base model."""
+    old = next((line[2:] for line in text.splitlines() if line.startswith("# ")), None)
+    if old is not None:
+        for before, after in ((f"# {old}\n", f"# {new}\n"), (f'from_pretrained("{old}")', f'from_pretrained("{new}")'),
+                              (f"--model {old} ", f"--model {new} ")):
+            text = text.replace(before, after)
+    if base_model is not None:
+        text = re.sub(r"^base_model: .*$", lambda _: f"base_model: {_yaml_string(base_model)}", text, count=1, flags=re.M)
     return text
+
+
+def card_base_model(text: str) -> str | None:
+    """The front matter's base model, unquoted (None when the card names none)."""
+    match = re.search(r'^base_model: "((?:[^"\\]|\\.)*)"$', text, flags=re.M)
+    return re.sub(r"\\(.)", r"\1", match.group(1)) if match else None
 
 
 def _yaml_string(value: str) -> str:

@@ -112,11 +112,15 @@ def test_embed_stores_weights_in_half_precision_and_loads_them_as_float32(tiny_p
     shutil.copytree(tiny_pipeline_dir, source)
     (source / "unet_raw").mkdir()  # a trainer's artefact beside the components: not shipped
     (source / "unet_raw" / "weights.safetensors").write_bytes(b"")
-    write_model_card(source, name="source")  # as a training run's final/ has one, naming its folder
+    teacher = tmp_path / "embedded" / "tiny-teacher"  # a base model embedded beside it
+    shutil.copytree(tiny_pipeline_dir, teacher)
+    # as a training run's final/ has one, naming the run's output path and the teacher's folder
+    write_model_card(source, name=str(source), base_model=str(teacher))
     target = embed_model(source, "tiny", fp16=True, root=tmp_path / "embedded")
     card = (target / "README.md").read_text()
     assert "# tiny\n" in card and 'from_pretrained("tiny")' in card and "--model tiny " in card
-    assert "source" not in card
+    assert 'base_model: "tiny-teacher"' in card
+    assert str(tmp_path) not in card
     assert not (target / "unet_raw").exists() and (target / "model_index.json").is_file()
     unet = load_file(str(next((target / "unet").glob("*.safetensors"))))
     text = load_file(str(next((target / "text_encoder").glob("*.safetensors"))))

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tiue.embedded import EMBEDDED_DIR
 from tiue.files import atomic_directory
-from tiue.model_card import CARD_FILE, rename_card
+from tiue.model_card import CARD_FILE, card_base_model, rename_card
 
 __all__ = ["embed_model", "HALF_PRECISION_FOLDERS"]
 
@@ -50,9 +50,19 @@ def embed_model(source: str | Path, name: str, fp16: bool = False, root: Path = 
             else:
                 shutil.copy2(item, destination)
         card = tmp / CARD_FILE
-        if card.is_file():  # written for the run's folder (say, final/): it should name the model
-            card.write_text(rename_card(card.read_text(), source.name, name))
+        if card.is_file():  # written for the run's folder (say, runs/x/final): it should name the model
+            text = card.read_text()
+            card.write_text(rename_card(text, name, _embedded_name(card_base_model(text), root)))
     return target
+
+
+def _embedded_name(base_model: str | None, root: Path) -> str | None:
+    """The embedded name of a base model that is itself embedded under `root` (its folder path
+    only resolves inside a source checkout; the name resolves everywhere), else None."""
+    if base_model is None:
+        return None
+    path = Path(base_model)
+    return path.name if path.is_dir() and path.resolve().parent == Path(root).resolve() else None
 
 
 def _pipeline_components(source: Path) -> set[str] | None:
