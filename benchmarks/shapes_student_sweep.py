@@ -65,6 +65,18 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         {"lora_loss": "teacher", "vsd_max_timestep": 500, "max_steps": [400, 800]},
         "lora-teacher with VSD timesteps in [20, 500] instead of [20, 980], measured at 400 and 800 steps",
     ),
+    "lora-teacher-noema": (
+        {"lora_loss": "teacher", "ema_decay": 0.0, "max_steps": [400, 800]},
+        "lora-teacher without EMA (the raw weights) instead of EMA 0.99, measured at 400 and 800 steps",
+    ),
+    "lora-teacher-ema0.999": (
+        {"lora_loss": "teacher", "ema_decay": 0.999, "max_steps": [400, 800]},
+        "lora-teacher with EMA 0.999 instead of 0.99, measured at 400 and 800 steps",
+    ),
+    "lora-teacher-lr3e-4": (
+        {"lora_loss": "teacher", "learning_rate": 3e-4, "max_steps": [400, 800]},
+        "lora-teacher with student lr 3e-4 instead of 1e-4, measured at 400 and 800 steps",
+    ),
     "vsd-low-t": ({"vsd_max_timestep": 500}, "VSD timesteps in [20, 500] instead of [20, 980]"),
     "lr3e-5-1200": ({"learning_rate": 3e-5, "max_steps": 1200}, "student lr 3e-5 over 1200 steps"),
     "K2": ({"num_steps": 2}, "K = 2 decoder steps (paper Table 4)"),
