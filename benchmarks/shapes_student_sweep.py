@@ -92,16 +92,20 @@ def run(command: list[str], log: Path) -> None:
         subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=True)
 
 
+def measurements(name: str) -> list[tuple[str, str, int]]:
+    """A variant's (table label, file suffix, budget) per measured budget. A list of budgets is
+    one run measured at each: final/ is kept as final-BUDGET/, beside eval-BUDGET.json."""
+    budgets = VARIANTS[name][0].get("max_steps", yaml.safe_load((REPO / BASE_CONFIG).read_text())["max_steps"])
+    if isinstance(budgets, int):
+        return [(name, "", budgets)]
+    return [(f"{name} @ {budget}", f"-{budget}", budget) for budget in budgets]
+
+
 def variant(name: str) -> None:
-    settings, _ = VARIANTS[name]
     out = SWEEP_DIR / name
     out.mkdir(parents=True, exist_ok=True)
-    budgets = settings.get("max_steps", 400)
-    if isinstance(budgets, int):
-        train_and_measure(out, settings, budgets, suffix="")
-        return
-    for budget in budgets:  # one run, measured at each budget: final/ is kept as final-BUDGET/
-        train_and_measure(out, settings, budget, suffix=f"-{budget}")
+    for _, suffix, budget in measurements(name):
+        train_and_measure(out, VARIANTS[name][0], budget, suffix)
 
 
 def train_and_measure(out: Path, settings: dict, max_steps: int, suffix: str) -> None:
@@ -129,10 +133,9 @@ def train_and_measure(out: Path, settings: dict, max_steps: int, suffix: str) ->
 def table() -> str:
     rows = ["| variant | what it tests | FID | recall | accuracy | shape accuracy | seed diversity: per-pixel std (near-copy pairs) |",
             "|---|---|---|---|---|---|---|"]
-    for name, (settings, what) in VARIANTS.items():
+    for name, (_, what) in VARIANTS.items():
         out = SWEEP_DIR / name
-        budgets = settings.get("max_steps", 400)
-        for label, suffix in [(name, "")] if isinstance(budgets, int) else [(f"{name} @ {b}", f"-{b}") for b in budgets]:
+        for label, suffix, _ in measurements(name):
             if not (out / f"eval{suffix}.json").is_file():
                 continue
             metrics = json.loads((out / f"eval{suffix}.json").read_text())
