@@ -39,19 +39,41 @@ def tap():
     tap.close()
 
 
-@pytest.fixture
-def cpu_loss_scaler(monkeypatch):
-    """Every Accelerator gets a real CPU GradScaler with a fixed scale, as fp16 gives one on CUDA
-    (accelerate makes none on a CPU). The trainer must drive it as it drives the CUDA one."""
+def fp16_accelerators(monkeypatch) -> dict:
+    """Every Accelerator runs accelerate's own fp16 path on the CPU: mixed precision "fp16", a real
+    CPU GradScaler and native AMP on, so accelerate scales every backward and its unscale and
+    clipping helpers (`unscale_gradients`, `clip_grad_norm_`, a prepared optimizer's `step`) act as
+    on a GPU. accelerate makes no scaler on a CPU and the trainer refuses fp16 there, so the
+    accelerator is built as fp16 behind the trainer's back. Autocast stays off and the frozen
+    models keep fp32: the loss scale, a power of two, is then the only difference from an
+    unscaled run, and gradients must match it to round-off. (bf16 would not do: accelerate uses no scaler with it.) Returns the scaler's
+    settings, read at each Accelerator's creation."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import AutocastKwargs
 
     original = Accelerator.__init__
+    settings = {"init_scale": LOSS_SCALE, "growth_interval": 10**9}
 
     def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.scaler = torch.amp.GradScaler("cpu", init_scale=LOSS_SCALE, growth_interval=10**9)
+        AcceleratorState._reset_state()  # its mixed precision is fixed once set in a process
+        original(self, *args, **dict(kwargs, mixed_precision="fp16"))
+        assert self.mixed_precision == "fp16"
+        self.scaler = torch.amp.GradScaler("cpu", **settings)
+        self.native_amp = True
+        self.autocast_handler = AutocastKwargs(enabled=False)
 
     monkeypatch.setattr(Accelerator, "__init__", init)
+    monkeypatch.setattr(Trainer, "weight_dtype", property(lambda self: torch.float32))
+    return settings
+
+
+@pytest.fixture
+def cpu_loss_scaler(monkeypatch):
+    yield fp16_accelerators(monkeypatch)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # later tests build their own "no" accelerators
 
 
 def flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -71,12 +93,15 @@ def run_steps(make_config, tmp_path, name, steps=2, **overrides):
     return trainer
 
 
-def test_loss_scaled_steps_equal_fp32_steps_each_model_unscaled_once(make_config, tmp_path, tap, request):
-    plain = run_steps(make_config, tmp_path, "fp32")
+def test_loss_scaled_steps_equal_unscaled_steps_each_model_unscaled_once(make_config, tmp_path, tap, cpu_loss_scaler):
+    # The reference: the same fp16 accelerator at loss scale 1, where no unscale can be wrong.
+    cpu_loss_scaler["init_scale"] = 1.0
+    plain = run_steps(make_config, tmp_path, "scale1")
+    assert plain.accelerator.scaler.get_scale() == 1.0
     plain_grads = {"student": tap.of(plain.student_optimizer), "lora": tap.of(plain.lora_optimizer)}
     tap.steps.clear()
 
-    request.getfixturevalue("cpu_loss_scaler")
+    cpu_loss_scaler["init_scale"] = LOSS_SCALE
     scaled = run_steps(make_config, tmp_path, "scaled")
     assert scaled.accelerator.scaler.get_scale() == LOSS_SCALE
     scaled_grads = {"student": tap.of(scaled.student_optimizer), "lora": tap.of(scaled.lora_optimizer)}
@@ -97,6 +122,30 @@ def test_loss_scaled_steps_equal_fp32_steps_each_model_unscaled_once(make_config
         assert b["grad_norm/student"] == pytest.approx(a["grad_norm/student"], rel=1e-4)
 
 
+def test_the_loss_scaler_is_updated_once_per_step(make_config, tmp_path, cpu_loss_scaler):
+    # growth_interval 1: every update after a step without overflow doubles the scale, so a second
+    # update in a step (say, one per optimizer) would show as a scale grown twice as often.
+    cpu_loss_scaler["growth_interval"] = 1
+    trainer = run_steps(make_config, tmp_path, "growth", steps=3)
+    assert trainer.nonfinite_total == trainer.overflow_total == 0
+    assert [r["loss_scale"] for r in trainer.history.records] == [LOSS_SCALE * 2, LOSS_SCALE * 4, LOSS_SCALE * 8]
+
+
+def test_fp16_overflow_steps_are_skipped_and_never_end_the_run(make_config, tmp_path, cpu_loss_scaler):
+    # More overflows in a row than --max-consecutive-nonfinite allows non-finite losses.
+    trainer = Trainer(make_config(max_steps=3, max_consecutive_nonfinite=2, output_dir=str(tmp_path / "overflow")))
+    trainer.student_unet.conv_in.weight.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    before = snapshot(trainer)
+    result = trainer.fit()
+    assert result.step == 3 and result.final is not None
+    assert trainer.overflow_total == 3 and trainer.nonfinite_total == 0
+    assert trainer.accelerator.scaler.get_scale() == LOSS_SCALE * trainer.accelerator.scaler.get_backoff_factor() ** 3
+    after = snapshot(trainer)
+    for name in ("student", "lora"):
+        assert all(torch.equal(before[name][k], after[name][k]) for k in before[name]), f"{name} changed"
+    assert [r["overflow/total"] for r in trainer.history.records] == [1.0, 2.0, 3.0]
+
+
 @pytest.mark.parametrize("broken", ["student", "lora"])
 def test_an_overflow_in_either_model_changes_neither_and_lowers_the_scale(
     make_config, tmp_path, cpu_loss_scaler, broken
@@ -113,7 +162,7 @@ def test_an_overflow_in_either_model_changes_neither_and_lowers_the_scale(
     assert trainer.ema.num_updates == 0
     scaler = trainer.accelerator.scaler
     assert scaler.get_scale() == LOSS_SCALE * scaler.get_backoff_factor()
-    assert trainer.nonfinite_total == 1
+    assert trainer.overflow_total == 1 and trainer.nonfinite_total == 0
 
 
 def test_fp16_on_a_cpu_is_refused_before_loading(make_config):

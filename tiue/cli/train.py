@@ -60,7 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     method = parser.add_argument_group("method (defaults from the paper)")
     method.add_argument("--num-steps", type=int, help="K, the student's decoder steps (default 4)")
-    method.add_argument("--lambda-kl", type=float, help="weight of the KL sum (default 0.1)")
+    method.add_argument("--lambda-kl", type=float,
+                        help="weight of the KL sum at --kl-reference-batch-size prompts per process (default 0.1, the "
+                        "official weight at the official 8 per GPU); another per-process batch B scales the sum by "
+                        "reference / B, so the KL-to-VSD ratio is the same whatever the batch, accumulation and "
+                        "process split")
+    method.add_argument("--kl-reference-batch-size", type=int,
+                        help="the per-process batch at which --lambda-kl is the KL sum's weight as given (default 8)")
     method.add_argument("--kl-target", choices=KL_TARGETS,
                         help="what the KL pulls to N(0, 1): the raw decoder outputs (default, the paper's) or, for a "
                         "v-prediction teacher, each decoder's noise prediction (epsilon)")

@@ -91,7 +91,11 @@ class TrainConfig:
 
     # The method (docs/training.md).
     num_steps: int = 4  # K
+    # The KL sum's weight at kl_reference_batch_size prompts per process (the official run: 0.1 at 8
+    # per GPU); another per-process batch scales the sum by reference / batch (kl_sum_weight), so
+    # the KL-to-VSD ratio is the official one whatever the batch/accumulation/process split.
     lambda_kl: float = 0.1
+    kl_reference_batch_size: int = 8
     kl_target: str = "output"  # the KL on the raw decoder outputs (the paper's) or their noise predictions
     guidance_scale: float = 4.5
     learning_rate: float = 1e-6
@@ -117,7 +121,7 @@ class TrainConfig:
     # Machinery.
     mixed_precision: str = "no"
     half_precision_teacher: bool = False  # frozen UNet weights in the mixed dtype (official: fp32)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # official: on (configs/sd21-base.yaml); off here for small models
     allow_tf32: bool = True
     use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit for both models
     checkpoint_every: int = 500
@@ -183,6 +187,7 @@ class TrainConfig:
             if value is None and name in optional_positive:
                 continue
             _check_int(name, value, minimum=1)
+        _check_int("kl_reference_batch_size", self.kl_reference_batch_size, minimum=1)
         for name in ("lr_warmup_steps", "validate_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0)
         if self.seed > 2**32 - 1:  # numpy's and accelerate's seeding take 32 bits
@@ -243,6 +248,14 @@ class TrainConfig:
             raise ValueError(
                 f"{flag_name('resume')}: expected 'latest' or an existing checkpoint folder, got {self.resume!r}"
             )
+
+    def kl_sum_weight(self, per_process_batch_size: int) -> float:
+        """The weight of the KL sum over one process's K*B decoder outputs: lambda_kl at
+        kl_reference_batch_size prompts per process, scaled by reference / B otherwise. L_vsd is a
+        mean over the batch and L_kl a sum, so only this keeps their ratio (and the run's method)
+        the same whatever the batch, accumulation and process split; with B = 8 per process it is
+        the official script's lambda_kl = 0.1 exactly."""
+        return self.lambda_kl * self.kl_reference_batch_size / per_process_batch_size
 
     def per_process_batch_size(self, num_processes: int) -> int:
         """The micro-batch each process draws: --batch-size, or --global-batch-size split evenly."""

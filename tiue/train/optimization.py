@@ -33,6 +33,9 @@ class ModelUpdate:
 class UpdateResult:
     applied: bool
     grad_norms: dict[str, float]  # each model's norm before clipping (nan when not computed)
+    # fp16: the loss scale was too high for this step's gradients; the scaler lowered it and the
+    # next step tries again. Normal early in training, never a reason to stop.
+    overflow: bool = False
 
 
 def apply_updates(
@@ -42,9 +45,10 @@ def apply_updates(
 
     skip: a loss of this step was not finite, so its backward never ran; nothing steps and
     the scaler keeps its scale (a non-finite loss says nothing about the loss scale).
+    The scaler is updated exactly once per step that ran a backward.
     """
     norms = {update.name: float("nan") for update in updates}
-    applied = False
+    applied = overflow = False
     if not skip:
         if scaler is not None:
             for update in updates:
@@ -57,7 +61,8 @@ def apply_updates(
                 update.optimizer.step()
                 update.lr_scheduler.step()
         if scaler is not None:
+            overflow = not applied
             scaler.update()  # halves the scale after an overflow, grows it after a quiet stretch
     for update in updates:
         update.optimizer.zero_grad(set_to_none=True)
-    return UpdateResult(applied, norms)
+    return UpdateResult(applied, norms, overflow)

@@ -76,6 +76,8 @@ class DistillationStep:
         scheduler: the DDIMScheduler built from the teacher's scheduler config.
         null_text: the empty prompt's Conditioning (one row), or its (1, L, D) text embedding
             for an SD 1.x/2.x teacher; computed once per run.
+        lambda_kl: the weight of the KL sum over this process's K*B decoder outputs (from a
+            TrainConfig: its kl_sum_weight for the per-process batch).
         clip, vae, lambda_clip, clip_margin: the optional CLIP alignment loss (clip=None: off).
         autocast: a context-manager factory for the modules accelerate did not wrap (the VAE).
 
@@ -125,12 +127,13 @@ class DistillationStep:
 
     @classmethod
     def from_config(cls, config, *, student, fake_score, fake_score_unwrapped, scheduler, null_text, device,
-                    clip=None, vae=None, autocast=nullcontext) -> "DistillationStep":
-        """The step a TrainConfig describes, over the given models."""
+                    batch_size: int, clip=None, vae=None, autocast=nullcontext) -> "DistillationStep":
+        """The step a TrainConfig describes, over the given models, for `batch_size` prompts per
+        process (the KL sum's weight depends on it: TrainConfig.kl_sum_weight)."""
         return cls(
             student=student, fake_score=fake_score, fake_score_unwrapped=fake_score_unwrapped, scheduler=scheduler,
             null_text=null_text, num_steps=config.num_steps, guidance_scale=config.guidance_scale,
-            lambda_kl=config.lambda_kl, device=device, kl_target=config.kl_target, lora_loss=config.lora_loss, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
+            lambda_kl=config.kl_sum_weight(batch_size), device=device, kl_target=config.kl_target, lora_loss=config.lora_loss, clip=clip, vae=vae, lambda_clip=config.lambda_clip,
             clip_margin=config.clip_margin, autocast=autocast,
         )
 

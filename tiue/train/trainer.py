@@ -45,7 +45,7 @@ _log = logging.getLogger("tiue.train")
 
 
 class NonFiniteLossError(ValueError):
-    """Too many consecutive steps had a non-finite loss or gradient norm."""
+    """Too many consecutive steps had a non-finite loss (or, with no loss scaler, gradient norm)."""
 
 
 @dataclass
@@ -103,6 +103,7 @@ class Trainer:
         self.history = LossHistory()
         self.consecutive_nonfinite = 0
         self.nonfinite_total = 0
+        self.overflow_total = 0  # fp16 steps the loss scaler skipped
         self.last_checkpoint: Path | None = None
         self._rng_to_restore: dict | None = None
         if config.resume:
@@ -137,7 +138,7 @@ class Trainer:
             self.step_fn = DistillationStep.from_config(
                 self.config, student=self.student_model, fake_score=self.fake_score_model,
                 fake_score_unwrapped=self.fake_score_unet, scheduler=self.scheduler, null_text=self.null_text,
-                device=self.device, clip=self.clip, vae=self.vae, autocast=acc.autocast,
+                device=self.device, batch_size=self.batch_size, clip=self.clip, vae=self.vae, autocast=acc.autocast,
             )
         except ValueError as error:  # K is checked where the loop-free coefficients are made
             raise ValueError(f"{flag_name('num_steps')}: {error}") from None
@@ -228,7 +229,10 @@ class Trainer:
             self.position = self.sampler.advance(self.position)
             self.micro_step += 1
 
-        self._count_nonfinite(not update.applied)
+        if update.overflow:  # the scaler's business: it lowered the scale, the next step tries again
+            self.overflow_total += 1
+        else:
+            self._count_nonfinite(not update.applied)
         mean = totals.scaled(1.0 / config.gradient_accumulation_steps).as_tensor(self.device)
         means = StepLosses.from_tensor(acc.reduce(mean, reduction="mean"))
         record = {
@@ -245,6 +249,7 @@ class Trainer:
         }
         if self.grad_scaler is not None:
             record["loss_scale"] = float(self.grad_scaler.get_scale())
+            record["overflow/total"] = float(self.overflow_total)
         if self.clip is not None:
             record["loss/clip"] = means.clip
         return record
