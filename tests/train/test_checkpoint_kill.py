@@ -64,8 +64,10 @@ def test_sigkill_mid_write_keeps_the_previous_checkpoint(make_config, tmp_path):
     previous = read_checkpoint(checkpoints / "checkpoint-00000001")
     assert previous.state["step"] == 1 and previous.student and previous.lora and previous.optimizers["student"]
 
-    # The run picks up from it, and the half-written folder is swept away.
-    trainer = Trainer(make_config(max_steps=2, checkpoint_every=1, output_dir=config.output_dir, resume="latest"))
+    # The run picks up from it (with the command line's settings), and the half-written folder is swept away.
+    trainer = Trainer(make_config(
+        max_steps=2, checkpoint_every=1, output_dir=config.output_dir, resume="latest", learning_rate=1e-6
+    ))
     assert trainer.step == 1
     trainer.fit()
     assert [step for step, _ in list_checkpoints(checkpoints)] == [1, 2]

@@ -112,7 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     machinery.add_argument("--resume", help="'latest' or a checkpoint folder")
     machinery.add_argument("--overwrite", type=_bool, nargs="?", const=True,
                            help="delete an earlier run's checkpoints and final/ in --output-dir and start over")
-    machinery.add_argument("--max-consecutive-nonfinite", type=int, help="stop after this many bad steps in a row (default 10)")
+    machinery.add_argument("--allow-setting-changes", type=_bool, nargs="?", const=True,
+                           help="--resume with method settings (seed, --lambda-kl, --guidance-scale, K, learning rates, "
+                           "...) other than the checkpoint's: without it such a resume is refused; with it the changes "
+                           "are logged and recorded in the run (a changed --seed reshuffles from the next epoch on)")
+    machinery.add_argument("--max-consecutive-nonfinite", type=int,
+                           help="stop after this many steps in a row with a non-finite loss (default 10; fp16 loss-scale "
+                           "overflows are skipped by the scaler and never stop the run)")
     machinery.add_argument("--validate-every", type=int, help="steps between validation grids (default 0: at the end only)")
     machinery.add_argument("--validation-prompts", action="append", help="a validation prompt (repeatable)")
     machinery.add_argument("--report-to", choices=REPORT_TO,

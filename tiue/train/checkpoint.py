@@ -9,18 +9,29 @@ A checkpoint is a folder `checkpoint-SSSSSSSS` (S = optimizer step) under OUTPUT
     optimizers.pt         both optimizers' and both LR schedulers' states (and the loss
                           scaler's): tensors and plain containers, read with weights_only=True
     rng.json              every rank's RNG states (python, numpy, torch, cuda) as numbers
-    state.json            step, epoch and data position, micro-step, counters, loss history
+    state.json            step, epoch and data position, micro-step, counters, settings (the
+                          loss history is OUTPUT/history.jsonl, appended step by step)
 
 Nothing in a checkpoint can run code when it is read. It is written into a hidden temporary
 folder and renamed when complete (tiue.files), so a kill at any moment leaves the previous
 checkpoints intact; `--resume latest` skips a damaged newest one (say, from a full disk) with
 a warning and takes the newest that reads.
+
+Every rank reads the checkpoint memory-mapped (safetensors, and torch.load(mmap=True)): the
+files' pages come from the OS page cache, one copy per machine shared by all its ranks, and each
+tensor is copied straight into its model, optimizer or device; no rank holds a private copy of
+the whole checkpoint.
+
+Checkpoints form one line of steps: resuming from a checkpoint older than the newest moves the
+newer ones (a line of steps now abandoned) to checkpoints/abandoned-after-SSSSSSSS/, where
+nothing prunes them, so `--resume latest` and pruning see only the resumed run's line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -46,6 +57,7 @@ __all__ = [
     "read_checkpoint",
     "prune_checkpoints",
     "remove_stale_temporaries",
+    "set_aside_newer_checkpoints",
     "rng_state",
     "restore_rng_state",
 ]
@@ -53,8 +65,6 @@ __all__ = [
 _log = logging.getLogger("tiue.train")
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
 STATE_FILE = "state.json"
-# Test hook: "STEP:SECONDS" pauses the write of checkpoint STEP halfway, so a test can kill
-# the process while a checkpoint is half-written.
 
 
 @dataclass
@@ -113,6 +123,8 @@ def write_checkpoint(directory: str | Path, step: int, contents: CheckpointConte
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> CheckpointContents:
+    """The checkpoint's contents, memory-mapped: tensors are read from the files (through the page
+    cache) when they are first used, and a private copy is made only of what is written to."""
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
@@ -120,7 +132,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> CheckpointContents:
             student=load_file(path / "student.safetensors"),
             ema=load_file(path / "ema.safetensors"),
             lora=load_file(path / "lora.safetensors"),
-            optimizers=torch.load(path / "optimizers.pt", map_location=map_location, weights_only=True),
+            optimizers=torch.load(path / "optimizers.pt", map_location=map_location, weights_only=True, mmap=True),
             rng=json.loads((path / "rng.json").read_text()),
             state=state,
         )
@@ -150,6 +162,23 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
+
+
+def set_aside_newer_checkpoints(directory: str | Path, step: int) -> Path | None:
+    """Move the checkpoints newer than `step` (a line of steps a resume from `step` abandons) to
+    checkpoints/abandoned-after-SSSSSSSS/ (a numbered suffix if that exists); returns it, or None."""
+    newer = [path for found, path in list_checkpoints(directory) if found > step]
+    if not newer:
+        return None
+    aside = Path(directory) / f"abandoned-after-{step:08d}"
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = Path(directory) / f"abandoned-after-{step:08d}-{suffix}"
+    aside.mkdir()
+    for path in newer:
+        os.replace(path, aside / path.name)
+    return aside
 
 
 def remove_stale_temporaries(directory: str | Path) -> None:
@@ -195,6 +224,11 @@ def claim_output_dir(output_dir: Path, config, accelerator) -> None:
     from tiue.train.config import flag_name
 
     earlier = [p for p in (output_dir / "final", output_dir / "checkpoints") if p.exists()]
+    if config.resume == "latest" and (output_dir / "final").exists() and not list_checkpoints(output_dir / "checkpoints"):
+        raise ValueError(
+            f"{flag_name('resume')}: {output_dir} holds a finished run (final/) and no checkpoint to continue; "
+            f"pass {flag_name('overwrite')} to start over (deleting it), or another --output-dir"
+        )
     if not earlier or config.resume is not None:
         return
     if not config.overwrite:
@@ -206,6 +240,7 @@ def claim_output_dir(output_dir: Path, config, accelerator) -> None:
     if accelerator.is_main_process:
         for path in earlier:
             shutil.rmtree(path)
+        (output_dir / "history.jsonl").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
 
@@ -218,10 +253,12 @@ def _run_state(trainer) -> dict:
         "ema_updates": trainer.ema.num_updates,
         "consecutive_nonfinite": trainer.consecutive_nonfinite,
         "nonfinite_total": trainer.nonfinite_total,
+        "overflow_total": trainer.overflow_total,
         "num_processes": trainer.accelerator.num_processes,
         "batch_size": trainer.batch_size,
         "num_captions": len(trainer.captions),
-        "history": trainer.history.records,
+        "data_seeds": trainer.sampler.epoch_seeds,
+        "setting_changes": trainer.setting_changes,
         "config": trainer.config.to_dict(),
     }
 
@@ -265,20 +302,22 @@ def resume_run(trainer, resume: str) -> None:
     from tiue.train.models import load_lora_state_dict
     from tiue.train.monitoring import LossHistory
 
+    acc = trainer.accelerator
     found = read_resumable(resume, trainer.checkpoint_dir)
     if found is None:
-        if trainer.accelerator.is_main_process:
+        if acc.is_main_process:
             _log.warning("--resume latest: no checkpoint under %s yet; starting fresh", trainer.checkpoint_dir)
         return
     path, contents = found
     state = contents.state
-    for key, now in (("num_processes", trainer.accelerator.num_processes), ("batch_size", trainer.batch_size),
+    for key, now in (("num_processes", acc.num_processes), ("batch_size", trainer.batch_size),
                      ("num_captions", len(trainer.captions))):
         if state[key] != now:
             raise ValueError(
                 f"{flag_name('resume')}: {path} was written with {key}={state[key]}, this run has {now}; "
                 "resuming would change the data order (use the same captions, batch size and process count)"
             )
+    changes = _check_settings(trainer.config, state, path)
     trainer.student_unet.load_state_dict(contents.student, strict=True)
     trainer.ema.load_state_dict(contents.ema, state["ema_updates"])
     load_lora_state_dict(trainer.fake_score_unet, contents.lora)
@@ -293,6 +332,58 @@ def resume_run(trainer, resume: str) -> None:
     trainer.position = SamplerPosition(state["epoch"], state["batch_in_epoch"])
     trainer.consecutive_nonfinite = state["consecutive_nonfinite"]
     trainer.nonfinite_total = state["nonfinite_total"]
-    trainer.history = LossHistory(state["history"])
-    trainer._rng_to_restore = contents.rng[trainer.accelerator.process_index]
+    trainer.overflow_total = state.get("overflow_total", 0)
+    trainer.setting_changes = list(state.get("setting_changes", []))
+    seeds = state.get("data_seeds") or [[0, state["config"]["seed"]]]
+    if "seed" in changes:
+        from tiue.train.resume_settings import data_seed_schedule
+
+        seeds = data_seed_schedule(seeds, trainer.config.seed, state["epoch"], state["batch_in_epoch"])
+    trainer.sampler.set_epoch_seeds(seeds)
+    if changes:
+        trainer.setting_changes.append({"step": trainer.step, "changed": changes})
+    trainer._rng_to_restore = contents.rng[acc.process_index]
     trainer.last_checkpoint = path
+    del contents  # the mapped files: what was copied out stays, the mappings go
+
+    if acc.is_main_process:
+        trainer.history = LossHistory(_resumed_history(trainer, state, changes))
+        aside = set_aside_newer_checkpoints(trainer.checkpoint_dir, trainer.step)
+        if aside is not None:
+            _log.warning(
+                "--resume: %s is older than the newest checkpoint; the newer ones (a line of steps this run "
+                "abandons) were moved to %s, so --resume latest continues this run", path, aside,
+            )
+    acc.wait_for_everyone()
+
+
+def _check_settings(config, state: dict, path: Path) -> dict[str, list]:
+    """The method settings this run changes against the checkpoint's: refused, unless
+    --allow-setting-changes, which logs them (and the caller records them)."""
+    from tiue.train.config import flag_name
+    from tiue.train.resume_settings import changed_settings, describe_changes
+
+    saved = dict(state["config"])
+    # Before kl_reference_batch_size existed, lambda_kl weighed the KL sum at the run's own batch.
+    saved.setdefault("kl_reference_batch_size", state["batch_size"])
+    changes = changed_settings(saved, config.to_dict())
+    if changes and not config.allow_setting_changes:
+        raise ValueError(
+            f"{flag_name('resume')}: {path} was written with other method settings ({describe_changes(changes)}); "
+            f"resume with the checkpoint's settings, pass {flag_name('allow_setting_changes')} to continue with "
+            f"the new ones (recorded in the run), or start a new run in another --output-dir"
+        )
+    if changes:
+        _log.warning("--resume: continuing %s with changed settings: %s", path, describe_changes(changes))
+    return changes
+
+
+def _resumed_history(trainer, state: dict, changes: dict) -> list[dict]:
+    """The loss history up to the checkpoint's step, from OUTPUT/history.jsonl (or, for a
+    checkpoint of an older tiue, from its state.json), and a resume marker appended to the file."""
+    history = trainer.history_file
+    if "history" in state and not history.path.is_file():
+        for record in state["history"]:
+            history.append(record)
+    history.mark_resume(trainer.step, **({"changed": changes} if changes else {}))
+    return history.read(up_to_step=trainer.step)

@@ -128,6 +128,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str | None = None  # "latest" or a checkpoint folder
     overwrite: bool = False  # start over in an output folder that holds an earlier run
+    allow_setting_changes: bool = False  # resume with other method settings than the checkpoint's (recorded)
     max_consecutive_nonfinite: int = 10
     validate_every: int = 0  # 0 = only at the end
     validation_prompts: tuple[str, ...] = DEFAULT_VALIDATION_PROMPTS
@@ -176,6 +177,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError/TypeError naming the flag for anything wrong on its face."""
+        self._check_no_empty_paths()
         for name in ("teacher", "captions"):
             if not getattr(self, name):
                 raise ValueError(f"{flag_name(name)}: required, got nothing")
@@ -210,7 +212,7 @@ class TrainConfig:
         if self.overwrite and self.resume is not None:
             raise ValueError(f"{flag_name('overwrite')}: cannot be combined with {flag_name('resume')} {self.resume!r}; pick one")
         for name in ("half_precision_teacher", "gradient_checkpointing", "allow_tf32", "overwrite", "use_8bit_adam",
-                     "push_to_hub"):
+                     "push_to_hub", "allow_setting_changes"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{flag_name(name)}: expected true or false, got {getattr(self, name)!r}")
         if self.report_to is not None:
@@ -248,6 +250,14 @@ class TrainConfig:
             raise ValueError(
                 f"{flag_name('resume')}: expected 'latest' or an existing checkpoint folder, got {self.resume!r}"
             )
+
+    def _check_no_empty_paths(self) -> None:
+        """An empty path is a mistake (an unset shell variable, say), never "the default": --output-dir
+        "" would write the run into the current folder, --student "" would train from the teacher."""
+        for name in ("teacher", "student", "captions", "caption_field", "output_dir", "resume", "clip_model"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"{flag_name(name)}: expected a path or name, got an empty string {value!r}")
 
     def kl_sum_weight(self, per_process_batch_size: int) -> float:
         """The weight of the KL sum over one process's K*B decoder outputs: lambda_kl at

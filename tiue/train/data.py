@@ -114,7 +114,10 @@ class CaptionSampler:
     incomplete tail of an epoch is dropped, so every step has full batches on every process.
     """
 
-    def __init__(self, num_captions: int, batch_size: int, num_processes: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(
+        self, num_captions: int, batch_size: int, num_processes: int = 1, rank: int = 0, seed: int = 0,
+        epoch_seeds: list[list[int]] | None = None,
+    ):
         if not 0 <= rank < num_processes:
             raise ValueError(f"rank: expected 0 <= rank < {num_processes}, got {rank}")
         self.num_captions = num_captions
@@ -122,6 +125,9 @@ class CaptionSampler:
         self.num_processes = num_processes
         self.rank = rank
         self.seed = seed
+        # [first epoch, seed] pairs, oldest first: a run resumed with another --seed keeps the
+        # shuffle of the epoch under way (tiue.train.resume_settings.data_seed_schedule).
+        self.epoch_seeds = [list(entry) for entry in epoch_seeds] if epoch_seeds else [[0, seed]]
         self.global_batch_size = batch_size * num_processes
         if num_captions < self.global_batch_size:
             raise ValueError(
@@ -136,9 +142,16 @@ class CaptionSampler:
     def batches_per_epoch(self) -> int:
         return self.num_captions // self.global_batch_size
 
+    def seed_of(self, epoch: int) -> int:
+        return [seed for first, seed in self.epoch_seeds if first <= epoch][-1]
+
+    def set_epoch_seeds(self, epoch_seeds: list[list[int]]) -> None:
+        self.epoch_seeds = [list(entry) for entry in epoch_seeds]
+        self._permutation_epoch = -1
+
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._permutation_epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(self.seed_of(epoch) * 1_000_003 + epoch)
             self._permutation = torch.randperm(self.num_captions, generator=generator)
             self._permutation_epoch = epoch
         return self._permutation

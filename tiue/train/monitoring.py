@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
 from tiue.files import atomic_path
 
-__all__ = ["LossHistory", "resolve_report_to", "plot_loss_curve", "format_losses"]
+__all__ = ["LossHistory", "HistoryFile", "HISTORY_FILE", "resolve_report_to", "plot_loss_curve", "format_losses"]
+
+HISTORY_FILE = "history.jsonl"
 
 # Curves drawn in the loss-curve PNG, one panel each.
 PLOTTED = ("loss/vsd", "loss/kl", "loss/lora")
@@ -39,6 +42,40 @@ class LossHistory:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         pairs = [(r["step"], r[key]) for r in self.records if key in r and math.isfinite(r[key])]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class HistoryFile:
+    """OUTPUT/history.jsonl: the run's per-step scalars, one JSON line per step, only ever appended
+    (checkpoints record their step, not the history, so they stay small however long the run).
+
+    A resumed run first appends a marker {"resumed_at": STEP, ...}: the lines before it for later
+    steps belong to steps it redoes (or to a line of the run it abandoned) and are not read back.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def mark_resume(self, step: int, **details) -> None:
+        self.append({"resumed_at": step, **details})
+
+    def read(self, up_to_step: int | None = None) -> list[dict]:
+        """The current line's records, in step order (up to `up_to_step`)."""
+        records: list[dict] = []
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a run killed mid-write
+                    continue
+                if "resumed_at" in entry:
+                    records = [r for r in records if r["step"] <= entry["resumed_at"]]
+                elif "step" in entry:
+                    records.append(entry)
+        return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
 
 
 def format_losses(values: dict[str, float]) -> dict[str, str]:

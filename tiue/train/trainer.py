@@ -29,7 +29,8 @@ from tiue.train import checkpoint as ckpt
 from tiue.train.config import TrainConfig, flag_name
 from tiue.train.data import CaptionSampler, SamplerPosition, load_captions
 from tiue.train.ema import EMA
-from tiue.train.monitoring import LossHistory, format_losses
+from tiue.train.folder_lock import FolderLock
+from tiue.train.monitoring import HISTORY_FILE, HistoryFile, LossHistory, format_losses
 from tiue.train.optimization import ModelUpdate, apply_updates
 from tiue.train.randomness import draw_step
 from tiue.train.setup import (
@@ -73,6 +74,16 @@ class Trainer:
         check_writable_folder(flag_name("output_dir"), self.output_dir)
         self.captions = load_captions(config.captions, config.caption_field)
         self.accelerator, self.report_to = make_accelerator(config, self.output_dir)
+        self._lock = self._lock_output_dir()
+        try:
+            self._build(hub)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.discard()
+            raise
+
+    def _build(self, hub) -> None:
+        config = self.config
         acc = self.accelerator
         # The Hub first: a push that cannot happen stops the run before --overwrite deletes anything.
         self.hub, self.hub_repo = prepare_hub_repo(config, acc, hub) if config.push_to_hub else (None, None)
@@ -101,6 +112,8 @@ class Trainer:
         self.micro_step = 0
         self.position = SamplerPosition()
         self.history = LossHistory()
+        self.history_file = HistoryFile(self.output_dir / HISTORY_FILE)  # written by the main process
+        self.setting_changes: list[dict] = []  # what resumes with --allow-setting-changes changed
         self.consecutive_nonfinite = 0
         self.nonfinite_total = 0
         self.overflow_total = 0  # fp16 steps the loss scaler skipped
@@ -110,8 +123,33 @@ class Trainer:
             ckpt.resume_run(self, config.resume)
             for schedule in (self.student_lr, self.lora_lr):
                 _apply_schedule(schedule)
+        if self.step == 0 and acc.is_main_process:  # a fresh start: lines of an earlier attempt are void
+            self.history_file.mark_resume(0)
 
     # -- setup ---------------------------------------------------------------------------
+
+    def _lock_output_dir(self) -> FolderLock | None:
+        """The main process locks --output-dir for the run's life; every process fails alike if it
+        is taken (FolderLock: a second trainer on the folder is refused, a dead one's lock is gone)."""
+        acc = self.accelerator
+        lock, error = None, None
+        if acc.is_main_process:
+            try:
+                lock = FolderLock(self.output_dir, flag_name("output_dir"))
+            except ValueError as caught:
+                error = str(caught)
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            (error,) = broadcast_object_list([error])
+        if error is not None:
+            raise ValueError(error)
+        return lock
+
+    def close(self) -> None:
+        """Release --output-dir (fit() does when it ends; a Trainer never fit holds it until then)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -154,11 +192,14 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        with tf32_matmuls(self.config.allow_tf32):
-            result = self._fit()
-        if result.final is not None and self.hub_repo is not None and self.accelerator.is_main_process:
-            self._push_final(result.final)
-            result.hub_repo = self.hub_repo
+        try:
+            with tf32_matmuls(self.config.allow_tf32):
+                result = self._fit()
+            if result.final is not None and self.hub_repo is not None and self.accelerator.is_main_process:
+                self._push_final(result.final)
+                result.hub_repo = self.hub_repo
+        finally:
+            self.close()
         return result
 
     def _fit(self) -> TrainResult:
@@ -184,6 +225,8 @@ class Trainer:
                     self.batch_size * acc.num_processes * config.gradient_accumulation_steps
                 ) / (time.perf_counter() - started)
                 self.history.append(self.step, record)
+                if acc.is_main_process:
+                    self.history_file.append({"step": self.step, **record})
                 if self.step % config.log_every == 0 and self.report_to != "none":
                     acc.log(record, step=self.step)
                 progress.update(1)
@@ -348,7 +391,10 @@ class Trainer:
                 ema=self.ema,
                 fake_score_unet=self.fake_score_unet,
                 scheduler=self.scheduler,
-                summary={"step": self.step, "config": self.config.to_dict(), "nonfinite_total": self.nonfinite_total},
+                summary={
+                    "step": self.step, "config": self.config.to_dict(), "nonfinite_total": self.nonfinite_total,
+                    "overflow_total": self.overflow_total, "setting_changes": self.setting_changes,
+                },
                 **load_options(self.config),  # the teacher's text encoder and VAE as the run loaded them
             )
         acc.wait_for_everyone()

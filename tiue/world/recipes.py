@@ -106,6 +106,16 @@ def _check_resume(output_dir: Path, recipe: dict[str, Any], resume: bool, overwr
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: pick one (continue the run, or start it over)")
     started = (output_dir / "recipe.yaml").is_file()
+    other = [name for name in ("final", "checkpoints") if (output_dir / name).exists()]
+    if not started and other and not overwrite:
+        # A folder with a run but no recipe.yaml holds another tool's run (a `tiue train` one, say).
+        raise ValueError(
+            f"--output-dir: {output_dir} holds another run ({', '.join(other)}/) that is not this recipe's "
+            "(no recipe.yaml); pick another --output-dir, or pass --overwrite to replace it"
+        )
+    if not started and overwrite:
+        for name in other:
+            shutil.rmtree(output_dir / name)
     if started and overwrite:
         for name in ("checkpoints", "final", "recipe.yaml", "wall_time.txt"):
             path = output_dir / name
