@@ -101,7 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     machinery.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, help="default no (fp16 needs CUDA)")
     machinery.add_argument("--half-precision-teacher", type=_bool, nargs="?", const=True,
                            help="keep the frozen UNet weights in the mixed dtype (default false: fp32, as the official script)")
-    machinery.add_argument("--gradient-checkpointing", type=_bool, nargs="?", const=True, help="trade compute for memory")
+    machinery.add_argument("--gradient-checkpointing", type=_bool, nargs="?", const=True,
+                           help="trade compute for memory in both UNets (default false; on in the official run and "
+                           "configs/sd21-base.yaml)")
     machinery.add_argument("--allow-tf32", type=_bool, nargs="?", const=True,
                            help="TF32 matmuls and cuDNN convolutions on Ampere and newer GPUs (default true; "
                            "false: full fp32)")
