@@ -54,7 +54,8 @@ def build_page(batcher: Batcher, limits: Limits, bounds: ModelBounds, model_name
                                   value=bounds.default_steps, elem_id="steps")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
-                gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="images")
+                gallery = gr.Gallery(label="Images", format="png", columns=4, preview=False, object_fit="contain",
+                                     elem_id="images")
                 status = gr.Markdown(elem_id="status")
         # No concurrency limit: the page's requests must reach the batcher together to share passes.
         button.click(generate, [prompt, seed, count, steps], [gallery, status], api_name="generate",
