@@ -100,7 +100,7 @@ def _integer(payload: dict, name: str, default: int, low: int, high: int, note: 
 
 
 def _show(value) -> str:
-    text = json.dumps(value) if not isinstance(value, (bytes, bytearray)) else repr(value)
+    text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
