@@ -121,3 +121,13 @@ def test_a_body_over_the_limit_is_refused_with_413():
     with pytest.raises(RequestError) as error:
         parse_json(b"x" * 101, Limits(max_body_bytes=100))
     assert error.value.status == 413
+
+
+def test_a_failed_requests_remaining_images_are_not_sampled():
+    recorder = Recorder(fail_on="boom")
+    batcher = Batcher(recorder, max_batch_size=2, max_wait=0)
+    with pytest.raises(RuntimeError):
+        batcher.submit(request("boom", count=5)).future.result(timeout=10)
+    assert batcher.submit(request("a")).future.result(timeout=10) == ["a/0"]
+    assert recorder.passes == [["boom/0/K4", "boom/1/K4"], ["a/0/K4"]]
+    batcher.close()

@@ -135,9 +135,12 @@ class Batcher:
             images = self.sample(prompts, seeds, first.steps, first.height, first.width)
         except Exception as error:  # the pass failed: its requests fail, the server goes on
             self.stats.failed_passes += 1
-            for pending in {id(p): p for p, _, _ in batch}.values():
+            failed = {id(p): p for p, _, _ in batch}
+            for pending in failed.values():
                 if not pending.future.done():
                     pending.future.set_exception(error)
+            with self._ready:  # a failed request's images still queued are not sampled
+                self._queue = collections.deque(item for item in self._queue if id(item[0]) not in failed)
             return
         self.stats.passes += 1
         self.stats.images += len(batch)
