@@ -120,6 +120,7 @@ def test_png_route_returns_tiue_samples_image(server, sample_reference):
         ({"prompt": "a cat", "height": 30}, 400, "height"),
         ({"prompt": "a cat", "height": 4096, "width": 4096}, 400, "height, width"),
         ({"prompt": "a cat", "path": "/etc/passwd"}, 400, "path"),
+        ({"prompt": "a cat", "negative_prompt": "a dog"}, 400, "negative_prompt"),  # the server has no guidance
         (b"{not json", 400, "request body"),
         (b"[1, 2]", 400, "request body"),
         (b"\xff\xfe", 400, "request body"),

@@ -23,7 +23,7 @@ class Recorder:
         self.fail_on = fail_on
         self.lock = threading.Lock()
 
-    def __call__(self, prompts, seeds, steps, height, width):
+    def __call__(self, prompts, negative_prompts, seeds, steps, height, width):
         with self.lock:
             self.passes.append([f"{p}/{s}/K{steps}" for p, s in zip(prompts, seeds)])
         if self.fail_on in prompts:

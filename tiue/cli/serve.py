@@ -10,6 +10,7 @@ with seed + i, as `tiue sample` seeds its prompts. Needs `pip install "tiue[serv
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from tiue.devices import DTYPE_NAMES
@@ -31,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=16, help="largest K a request may ask for (default 16)")
     parser.add_argument("--max-pixels", type=int, default=16 * 512 * 512,
                         help="most pixels per request, all its images together (default 16 * 512 * 512)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance for every request; 1 (default) is none, what distilled "
+                        "students are trained for; above 1, requests may carry a negative_prompt")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--fast", action="store_true",
@@ -45,6 +49,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: expected an integer >= {low}, got {value}")
     if args.port > 65535:
         raise ValueError(f"--port: expected 0..65535, got {args.port}")
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise ValueError(f"--guidance-scale: expected a finite number >= 0 (1 = no guidance), got {args.guidance_scale}")
     if not 0 <= args.max_wait_ms <= 10_000:
         raise ValueError(f"--max-wait-ms: expected 0 <= ms <= 10000, got {args.max_wait_ms}")
 
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     sock = bind(args.host, args.port)  # a taken port fails before the model loads
     limits = Limits(max_prompt_chars=args.max_prompt_chars, max_images=args.max_images,
                     max_pixels=args.max_pixels, max_steps=args.max_steps)
-    served = ServedModel.load(model, args.device, args.dtype, args.fast)
+    served = ServedModel.load(model, args.device, args.dtype, args.fast, args.guidance_scale)
     batcher = Batcher(served.sample, args.max_batch_size, args.max_wait_ms / 1000)
     app = build_app(served, batcher, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -22,8 +22,8 @@ from tiue.serve.requests import GenerateRequest
 
 __all__ = ["Batcher", "BatchStats", "Pending"]
 
-# sample(prompts, seeds, steps, height, width) -> one image per prompt, in order
-SampleFunction = Callable[[Sequence[str], Sequence[int], int, int, int], list]
+# sample(prompts, negative_prompts, seeds, steps, height, width) -> one image per prompt, in order
+SampleFunction = Callable[[Sequence[str], Sequence[str], Sequence[int], int, int, int], list]
 
 
 @dataclass
@@ -130,9 +130,10 @@ class Batcher:
     def _run(self, batch: list[tuple[Pending, int, float]]) -> None:
         first = batch[0][0].request
         prompts = [pending.request.prompts[i] for pending, i, _ in batch]
+        negatives = [pending.request.negative_prompt for pending, _, _ in batch]
         seeds = [pending.request.seeds[i] for pending, i, _ in batch]
         try:
-            images = self.sample(prompts, seeds, first.steps, first.height, first.width)
+            images = self.sample(prompts, negatives, seeds, first.steps, first.height, first.width)
         except Exception as error:  # the pass failed: its requests fail, the server goes on
             self.stats.failed_passes += 1
             failed = {id(p): p for p, _, _ in batch}

@@ -21,9 +21,10 @@ def _field(value):
 def build_page(batcher: Batcher, limits: Limits, bounds: ModelBounds, model_name: str):
     import gradio as gr
 
-    def generate(prompt, seed, count, steps):
+    def generate(prompt, negative_prompt, seed, count, steps):
         start = time.perf_counter()
-        payload = {"prompt": prompt, "seed": _field(seed), "count": _field(count), "steps": _field(steps)}
+        payload = {"prompt": prompt, "negative_prompt": negative_prompt or None, "seed": _field(seed),
+                   "count": _field(count), "steps": _field(steps)}
         try:
             request = parse_request({k: v for k, v in payload.items() if v is not None}, limits, bounds)
         except RequestError as error:
@@ -47,6 +48,8 @@ def build_page(batcher: Batcher, limits: Limits, bounds: ModelBounds, model_name
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", placeholder="a red circle", elem_id="prompt")
+                # Only where the model samples with guidance (tiue serve --guidance-scale above 1).
+                negative_prompt = gr.Textbox(label="Negative prompt", visible=bounds.guided, elem_id="negative-prompt")
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
                 count = gr.Slider(label="Images", minimum=1, maximum=limits.max_images, step=1, value=1,
                                   elem_id="count")
@@ -58,6 +61,6 @@ def build_page(batcher: Batcher, limits: Limits, bounds: ModelBounds, model_name
                                      elem_id="images")
                 status = gr.Markdown(elem_id="status")
         # No concurrency limit: the page's requests must reach the batcher together to share passes.
-        button.click(generate, [prompt, seed, count, steps], [gallery, status], api_name="generate",
+        button.click(generate, [prompt, negative_prompt, seed, count, steps], [gallery, status], api_name="generate",
                      concurrency_limit=None)
     return page

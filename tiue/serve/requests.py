@@ -15,7 +15,7 @@ __all__ = ["FIELDS", "GenerateRequest", "Limits", "ModelBounds", "RequestError",
 
 # torch seeds are 64-bit; image i of a request is seeded with seed + i.
 MAX_SEED = 2**63 - 1
-FIELDS = ("prompt", "seed", "count", "steps", "height", "width")
+FIELDS = ("prompt", "negative_prompt", "seed", "count", "steps", "height", "width")
 
 
 class RequestError(ValueError):
@@ -40,25 +40,28 @@ class Limits:
 @dataclass(frozen=True)
 class ModelBounds:
     """What the served model accepts: its default image size, the size multiple (the VAE's
-    downsampling factor), K's default, and `steps_error(K)`: why the model's schedule refuses K,
-    or None."""
+    downsampling factor), K's default, whether it samples with guidance (then a request may
+    carry a negative prompt), and `steps_error(K)`: why the model's schedule refuses K, or None."""
 
     default_size: int
     size_multiple: int
     default_steps: int = 4
+    guided: bool = False
     steps_error: Callable[[int], str | None] = lambda steps: None
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
     """One client's images: image i is `prompts[i]` seeded with `seeds[i]`, the way `tiue sample`
-    seeds prompt i of its list with seed + i."""
+    seeds prompt i of its list with seed + i; with guidance, steered away from `negative_prompt`
+    ("" when none was given)."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     steps: int
     height: int
     width: int
+    negative_prompt: str = ""
 
     @property
     def count(self) -> int:
@@ -124,8 +127,24 @@ def _prompts(payload: dict, limits: Limits) -> list[str]:
     return prompts
 
 
+def _negative_prompt(payload: dict, limits: Limits, model: ModelBounds) -> str:
+    negative = payload.get("negative_prompt")
+    if negative is None:
+        return ""
+    if not model.guided:
+        raise RequestError("negative_prompt: this server samples without guidance (a distilled student's way); "
+                           "start it with --guidance-scale above 1 to use one")
+    if not isinstance(negative, str):
+        raise RequestError(f"negative_prompt: expected a string, got {_show(negative)}")
+    if len(negative) > limits.max_prompt_chars:
+        raise RequestError(f"negative_prompt: {len(negative)} characters, at most {limits.max_prompt_chars} accepted")
+    if "\x00" in negative:
+        raise RequestError("negative_prompt: contains a NUL character")
+    return negative
+
+
 def parse_request(payload: dict, limits: Limits, model: ModelBounds) -> GenerateRequest:
-    """Check a request (a JSON object: prompt, seed, count, steps, height, width).
+    """Check a request (a JSON object: prompt, negative_prompt, seed, count, steps, height, width).
 
     `prompt` is a string or a list of strings; `count` (default 1) images are made of each, a
     prompt's copies adjacent; image i of the whole request is seeded with seed + i.
@@ -134,6 +153,7 @@ def parse_request(payload: dict, limits: Limits, model: ModelBounds) -> Generate
     if unknown:
         raise RequestError(f"{unknown[0]}: unknown field; accepted: {', '.join(FIELDS)}")
     prompts = _prompts(payload, limits)
+    negative = _negative_prompt(payload, limits, model)
     count = _integer(payload, "count", 1, 1, limits.max_images, " images per prompt")
     if count * len(prompts) > limits.max_images:
         raise RequestError(f"count: {count} images of {len(prompts)} prompts is {count * len(prompts)} images, "
@@ -155,4 +175,4 @@ def parse_request(payload: dict, limits: Limits, model: ModelBounds) -> Generate
         raise RequestError(f"height, width: {total} images of {sizes['height']}x{sizes['width']} are {pixels} pixels, "
                            f"at most {limits.max_pixels} per request accepted")
     expanded = tuple(p for p in prompts for _ in range(count))
-    return GenerateRequest(expanded, tuple(range(seed, seed + total)), steps, sizes["height"], sizes["width"])
+    return GenerateRequest(expanded, tuple(range(seed, seed + total)), steps, sizes["height"], sizes["width"], negative)
