@@ -164,3 +164,14 @@ def test_a_client_that_disconnects_leaves_its_pass_answered_for_the_others(serve
     after = server.get_json("/api/stats")
     assert after["failed_passes"] == before["failed_passes"]
     assert server.post("/api/generate", {"prompt": "a green triangle"})[0] == 200
+
+
+def test_the_docs_gradio_client_call_gets_the_apis_images(server, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    client = gradio_client.Client(server.url, verbose=False, download_files=str(tmp_path))
+    images, status = client.predict(prompt="a red circle", seed=3, count=2, steps=4, api_name="/generate")
+    assert status.startswith("2 images (seed 3..4, K = 4) in "), status
+    _, _, body = server.post("/api/generate", {"prompt": "a red circle", "seed": 3, "count": 2})
+    for image, want in zip(images, decode(json.loads(body)["images"])):
+        got = np.asarray(Image.open(image["image"]), dtype=np.int16)
+        assert np.abs(got - want).max() <= MAX_LEVEL_DIFFERENCE

@@ -49,7 +49,8 @@ def build_page(batcher: Batcher, limits: Limits, bounds: ModelBounds, model_name
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", placeholder="a red circle", elem_id="prompt")
                 # Only where the model samples with guidance (tiue serve --guidance-scale above 1).
-                negative_prompt = gr.Textbox(label="Negative prompt", visible=bounds.guided, elem_id="negative-prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", value="", visible=bounds.guided,
+                                             elem_id="negative-prompt")
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
                 count = gr.Slider(label="Images", minimum=1, maximum=limits.max_images, step=1, value=1,
                                   elem_id="count")
