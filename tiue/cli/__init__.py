@@ -1,4 +1,4 @@
-"""The `tiue` command line: `tiue sample ...`, `tiue train ...`, `tiue info` (also `python -m tiue`).
+"""The `tiue` command line: `tiue sample ...`, `tiue train ...`, `tiue serve`, `tiue info` (also `python -m tiue`).
 
 Only the chosen subcommand's module is imported, so `tiue --help` and `tiue --version` start in
 a fraction of a second instead of importing torch and diffusers for every subcommand's options.
@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": "Generate images from prompts in one pass.",
     "train": "Distill a teacher into a TiUE student (VSD + KL, captions only).",
     "eval": "Measure a model: FID, precision, recall, F1, density, coverage, text-image agreement.",
+    "serve": "A web page and an HTTP API that batch concurrent requests into shared passes.",
     "world": "The shapes world: retrain its models from recipes, write captions, embed models.",
     "info": "Versions, kernel backends (and why any is unavailable) and each op's backend.",
 }
