@@ -9,7 +9,7 @@ import pytest
 
 from tiue.cli import main
 from tiue.eval.image_store import ImageStore
-from tiue.eval.prdc import prdc
+from tiue.eval.knn_metrics import prdc
 from tiue.eval.runner import EvalSpec, _extract, _sample_to_store
 
 

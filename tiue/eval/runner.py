@@ -23,7 +23,7 @@ import torch
 
 from tiue.eval.agreement import attribute_accuracy, clip_score
 from tiue.eval.fid import fid_from_features
-from tiue.eval.prdc import f1_score, prdc
+from tiue.eval.knn_metrics import f1_score, prdc
 from tiue.eval.sharding import ProcessGroup
 from tiue.schedule import TIMESTEP_SPACINGS
 
