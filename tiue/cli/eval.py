@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tiue.schedule import TIMESTEP_SPACINGS
 
-__all__ = ["add_arguments", "run", "spec_from_args"]
+__all__ = ["add_arguments", "run", "spec_from_args", "check_output_file"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--dtype", help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
     add("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add("--json", type=Path, help="write the metrics to this JSON file")
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """Fail before the evaluation, not after it, when `path` cannot be written."""
+    from tiue.files import check_writable_folder
+
+    if path.is_dir():
+        raise ValueError(f"{flag}: expected a file path, got a folder: {path}")
+    check_writable_folder(flag, path.parent)
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -123,6 +132,8 @@ def run(args: argparse.Namespace) -> None:
     from tiue.cli.sample import check_device_flags
 
     check_device_flags(args.device, args.dtype)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     group = ProcessGroup.from_environment()
     try:
         result = evaluate(spec, group)

@@ -87,14 +87,15 @@ def open_image(path: str | Path, flag: str = "--real-images") -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as an error
             image = Image.open(path)
-    except Image.DecompressionBombError:
-        image = None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{flag}: {path} is too large to decode ({error}); expected at most {limit} pixels "
+                         "(PIL's decompression-bomb limit)") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{flag}: cannot read {path} as an image ({error})") from error
-    if image is None or (limit is not None and image.size[0] * image.size[1] > limit):
-        size = "" if image is None else f" ({image.size[0]} x {image.size[1]} pixels)"
-        raise ValueError(f"{flag}: {path} is too large to decode{size}; expected at most {limit} pixels "
-                         "(PIL's decompression-bomb limit)")
+    if limit is not None and image.size[0] * image.size[1] > limit:
+        image.close()
+        raise ValueError(f"{flag}: {path} is too large to decode ({image.size[0]} x {image.size[1]} pixels); expected at "
+                         f"most {limit} pixels (PIL's decompression-bomb limit)")
     return image
 
 
