@@ -154,11 +154,11 @@ def check_inputs(spec: EvalSpec) -> list[str] | None:
             raise ValueError(f"{flag}: expected a local model folder with a config.json, got {folder}")
     if spec.out_dir is not None:
         check_writable_folder("--out-dir", spec.out_dir)
+    if spec.prompt_file is None:
+        return None  # the shapes world: no real-image folder, no feature cache
     cache_dir = _cache_dir(spec)
     if cache_dir is not None:
         check_writable_folder("--cache-dir", cache_dir)
-    if spec.prompt_file is None:
-        return None
     prompts = _read_prompt_file(spec.prompt_file, spec.num_images)
     paths = list_image_files(spec.real_images, "--real-images")
     cached = cache_file(paths, _reference_identity(spec), cache_dir)
