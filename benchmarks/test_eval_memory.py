@@ -3,8 +3,8 @@ world, this code against a baseline revision of tiue/eval (default: 3c3c03d, the
 streaming); and the peak memory of PRDC on Inception-sized features (default 30K x 2048).
 Not part of the test suite; slow.
 
-    python -m pytest benchmarks/test_eval_memory.py -q -s -k eval_memory
-    TIUE_EVAL_BENCH_N=512 TIUE_EVAL_BENCH_BASELINE=3c3c03d python -m pytest benchmarks/test_eval_memory.py -q -s -k eval_memory
+    python -m pytest benchmarks/test_eval_memory.py -q -s -k eval_memory_and_speed
+    TIUE_EVAL_BENCH_N=512 TIUE_EVAL_BENCH_BASELINE=3c3c03d python -m pytest benchmarks/test_eval_memory.py -q -s -k eval_memory_and_speed
     TIUE_PRDC_BENCH_N=30000 python -m pytest benchmarks/test_eval_memory.py -q -s -k prdc_memory
 
 Each run is a fresh subprocess with one thread, and reports its own peak: VmHWM from

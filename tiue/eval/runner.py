@@ -91,7 +91,8 @@ class EvalSpec:
             raise ValueError(
                 "--inception: required with --prompt-file (real models): FID, KID and PRDC need the local TorchScript "
                 f"Inception file inception-2015-12-05.pt ({INCEPTION_URL}), passed as --inception PATH "
-                "(docs/evaluation.md); the shapes feature network measures shapes-world models only"
+                "(docs/evaluation.md); the shapes feature network measures shapes-world models only (name it with "
+                "--features to use it on one)"
             )
 
 
