@@ -208,3 +208,22 @@ def test_coco_rebuild_with_other_settings_is_refused_not_mixed(tmp_path, capsys)
     Image.new("RGB", (4, 4)).save(foreign / "reference" / "000000.png")
     assert main([*args, "--out", str(foreign), "--num-pairs", "4"]) == 1
     assert "holds files but no build.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--guidance-scale", "inf", "--guidance-scale: expected a finite value >= 1"),
+    ("--nearest-k", 10**9, "--nearest-k: expected an integer from 1 to 999,999"),
+    ("--out-dir", "", "--out-dir: expected a path, got an empty string"),
+    ("--json", "", "--json: expected a path, got an empty string"),
+    ("--model", "", "--model: expected an embedded name, a local pipeline folder or a hub id, got ''"),
+])
+def test_more_bad_settings_are_named_before_loading(real_run, capsys, flag, value, expected):
+    real_run[flag] = value
+    _refused(capsys, _args(real_run), expected, [real_run["--out-dir"]] if real_run["--out-dir"] else [])
+    assert not (os.path.exists("settings.json")), "an empty --out-dir wrote into the current folder"
+
+
+def test_steps_past_the_models_schedule_are_refused_before_sampling(tiny_pipeline_dir, tiny_features_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    _refused(capsys, ["--model", tiny_pipeline_dir, "--features", tiny_features_dir, "--num-images", 8, "--steps", 5000,
+                      "--out-dir", images], "--steps:", [images])

@@ -65,7 +65,8 @@ class EvalSpec:
     def check(self) -> None:
         checks = [
             ("--steps", self.steps, self.steps >= 1, "an integer >= 1"),
-            ("--nearest-k", self.nearest_k, self.nearest_k >= 1, "an integer >= 1 (the k of the k-NN balls)"),
+            ("--nearest-k", self.nearest_k, 1 <= self.nearest_k < MAX_NUM_IMAGES,
+             f"an integer from 1 to {MAX_NUM_IMAGES - 1:,} (the k of the k-NN balls)"),
             ("--num-images", self.num_images, self.nearest_k < self.num_images <= MAX_NUM_IMAGES,
              f"an integer from k + 1 = {self.nearest_k + 1} to {MAX_NUM_IMAGES:,} (features and k-NN distances grow with N)"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
@@ -77,8 +78,8 @@ class EvalSpec:
         for flag, value, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"{flag}: expected {accepted}, got {value!r}")
-        if self.guidance_scale is not None and not self.guidance_scale >= 1.0:  # also refuses NaN
-            raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
+        if self.guidance_scale is not None and not 1.0 <= self.guidance_scale < float("inf"):  # also refuses NaN
+            raise ValueError(f"--guidance-scale: expected a finite value >= 1 (1 means no guidance), got {self.guidance_scale}")
         from tiue.eval.extractors import FID_PROTOCOLS
 
         if self.fid_protocol not in FID_PROTOCOLS:
@@ -182,6 +183,16 @@ def _reference_identity(spec: EvalSpec) -> str:
         name = "inception" if spec.fid_protocol == "clean" else f"inception-{spec.fid_protocol}"
         return f"{name}|{file_fingerprint(spec.inception)}|gigagan-256"
     return f"shapes|{file_fingerprint(spec.features)}|world"
+
+
+def _check_steps(pipe, steps: int) -> None:
+    """--steps against the model's own schedule (its training timesteps), before any sampling."""
+    from tiue.schedule import ddim_timesteps
+
+    try:
+        ddim_timesteps(pipe.scheduler, steps)
+    except ValueError as error:
+        raise ValueError(f"--steps: {error}") from None
 
 
 def _gigagan_image(image) -> np.ndarray:
@@ -300,6 +311,7 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
     progress = group.is_main and spec.progress
     pipe = load_pipeline(spec.model, spec.device, spec.dtype).with_timestep_spacing(spec.timestep_spacing)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    _check_steps(pipe, spec.steps)
 
     real_world = spec.prompt_file is not None
     extractor, clip = _build_extractors(spec, pipe.device, resolution)
