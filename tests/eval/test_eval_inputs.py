@@ -87,8 +87,8 @@ def test_shapes_features_refuse_a_model_of_another_size_before_sampling(tiny_pip
     ("--inception", "missing.pt", "--inception: no such file:"),
     ("--clip", "no-clip", "--clip: expected a local model folder with a config.json"),
     ("--prompt-file", "missing.txt", "--prompt-file: no such file:"),
-    ("--nearest-k", 0, "--nearest-k: expected an integer >= 1 (the k of the k-NN balls), got 0"),
-    ("--nearest-k", -3, "--nearest-k: expected an integer >= 1 (the k of the k-NN balls), got -3"),
+    ("--nearest-k", 0, "--nearest-k: expected an integer from 1 to 999,999 (the k of the k-NN balls), got 0"),
+    ("--nearest-k", -3, "--nearest-k: expected an integer from 1 to 999,999 (the k of the k-NN balls), got -3"),
     ("--num-images", 10**12, "--num-images: expected an integer from k + 1 = 6 to 1,000,000"),
 ])
 def test_bad_inputs_are_named_before_loading(real_run, tmp_path, capsys, flag, value, expected):
