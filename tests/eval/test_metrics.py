@@ -3,7 +3,7 @@ import pytest
 
 from tiue.eval.agreement import attribute_accuracy, clip_score
 from tiue.eval.fid import fid_from_features, frechet_distance
-from tiue.eval.prdc import f1_score, kth_neighbour_radii, prdc
+from tiue.eval.knn_metrics import f1_score, kth_neighbour_radii, prdc
 
 
 def test_fid_of_identical_sets_is_zero():
@@ -119,3 +119,53 @@ def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     assert kernel_inception_distance(a, b + 1.0, num_subsets=20) > 0.5
     with pytest.raises(ValueError, match="real, generated"):
         kernel_inception_distance(a, b[:, :3])
+
+
+def _array_conversions(function, *args, **kwargs) -> int:
+    """How many numpy array conversions (asarray, ascontiguousarray, array, astype) `function` makes."""
+    import sys
+
+    names = {"asarray", "ascontiguousarray", "array", "astype"}
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "c_call" and getattr(arg, "__name__", "") in names:
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        function(*args, **kwargs)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_prdc_converts_each_feature_set_once_not_once_per_block():
+    rng = np.random.default_rng(6)
+    real, generated = rng.normal(size=(120, 8)).astype(np.float32), rng.normal(size=(100, 8)).astype(np.float32)
+    one_block = _array_conversions(prdc, real, generated, k=3, block_size=1000)
+    many_blocks = _array_conversions(prdc, real, generated, k=3, block_size=7)  # 18 + 15 + 18 blocks
+    assert many_blocks == one_block, (one_block, many_blocks)
+
+
+def test_prdc_refuses_k_below_one():
+    rng = np.random.default_rng(7)
+    real, generated = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=rf"k: expected an integer >= 1 .*got {k}"):
+            prdc(real, generated, k=k)
+
+
+def test_the_package_exports_the_functions_its_all_names():
+    import importlib
+
+    import tiue.eval
+
+    importlib.import_module("tiue.eval.runner")  # imports every metric module first, as a real run does
+    for name in tiue.eval.__all__:
+        value = getattr(tiue.eval, name)
+        assert callable(value) and not isinstance(value, type(tiue.eval)), name
+    from tiue.eval import f1_score as exported_f1, prdc as exported_prdc
+
+    assert exported_prdc is prdc and exported_f1 is f1_score

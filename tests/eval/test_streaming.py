@@ -9,7 +9,7 @@ import pytest
 
 from tiue.cli import main
 from tiue.eval.image_store import ImageStore
-from tiue.eval.prdc import prdc
+from tiue.eval.knn_metrics import prdc
 from tiue.eval.runner import EvalSpec, _extract, _sample_to_store
 
 
@@ -38,13 +38,20 @@ def test_a_rerun_resumes_from_the_images_on_disk(tiny_pipeline_dir, tiny_feature
 
 
 def test_extractors_are_checked_before_any_sampling(tiny_pipeline_dir, tmp_path, capsys):
+    from PIL import Image
+    from standins import save_tiny_inception
+
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("RGB", (40, 30)).save(real / "a.png")
     broken = tmp_path / "clip"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    assert main(["eval", "--model", str(tiny_pipeline_dir), "--prompt-file", str(prompts), "--real-images", str(tmp_path),
-                 "--clip", str(broken), "--num-images", "6", "--out-dir", str(tmp_path / "images")]) == 1
+    assert main(["eval", "--model", str(tiny_pipeline_dir), "--prompt-file", str(prompts), "--real-images", str(real),
+                 "--inception", str(save_tiny_inception(tmp_path / "inception.pt")), "--clip", str(broken),
+                 "--num-images", "6", "--out-dir", str(tmp_path / "images")]) == 1
     assert "--clip: expected a local transformers CLIP folder" in capsys.readouterr().err
     assert not (tmp_path / "images").exists()  # failed before sampling anything
 

@@ -9,13 +9,18 @@ out across processes and the results gathered on rank 0.
     tiue eval --model shapes --steps 4 --num-images 256 --seed 0 --json tiue.json
     tiue eval --model shapes-teacher --mode loop --steps 50 --guidance-scale 3 --json teacher.json
 
-COCO2014-30K (the paper's Table 1; docs/evaluation.md): build the caption list and reference
-images once, then evaluate with clean-fid's protocol (FID, KID), PRDC and CLIP score:
+COCO2014 (the paper's Table 1; docs/evaluation.md): GigaGAN's captions.txt against all of
+val2014, with clean-fid's protocol (FID, KID), PRDC and CLIP score:
+
+    tiue eval --model senmaonk/loopfree-sd2.1-base --prompt-file gigagan/captions.txt \
+        --real-images coco/val2014 --inception inception-2015-12-05.pt --clip clip-vit-base-patch32 \
+        --num-images 30000 --out-dir runs/coco30k-images --json table1.json
+
+Without GigaGAN's caption list, `tiue eval coco30k` draws one from COCO's own files:
 
     tiue eval coco30k --captions annotations/captions_val2014.json --images val2014 --out coco30k
-    tiue eval --model senmaonk/loopfree-sd2.1-base --prompt-file coco30k/captions.txt \
-        --real-images coco30k/reference --inception inception-2015-12-05.pt --clip clip-vit-base-patch32 \
-        --num-images 30000 --out-dir runs/coco30k-images --json table1.json
+
+Every input and output is checked before the model loads, each failure one line naming its flag.
 """
 
 from __future__ import annotations
@@ -25,16 +30,33 @@ from pathlib import Path
 
 from tiue.schedule import TIMESTEP_SPACINGS
 
-__all__ = ["add_arguments", "run", "spec_from_args"]
+__all__ = ["add_arguments", "run", "spec_from_args", "check_output_file"]
+
+
+_PATH_FLAGS = ("prompt_file", "real_images", "features", "inception", "out_dir", "cache_dir", "clip", "json",
+               "captions", "images", "out")
+
+
+def _path(text: str) -> Path | str:
+    # Path("") is Path("."): an empty value is kept as "" so that check_paths refuses it in one
+    # line instead of it silently meaning the current folder.
+    return Path(text) if text else ""
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    for name in _PATH_FLAGS:
+        if getattr(args, name, None) == "":
+            raise ValueError(f"--{name.replace('_', '-')}: expected a path, got an empty string")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     subcommands = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     coco = subcommands.add_parser(
         "coco30k", help="build COCO2014-30K: captions.txt and 256 px reference images from local COCO files")
-    coco.add_argument("--captions", type=Path, required=True, help="COCO's annotations/captions_val2014.json")
-    coco.add_argument("--images", type=Path, required=True, help="COCO's val2014 image folder")
-    coco.add_argument("--out", type=Path, required=True, help="output folder (captions.txt, pairs.json, reference/)")
+    coco.add_argument("--captions", type=_path, required=True, help="COCO's annotations/captions_val2014.json")
+    coco.add_argument("--images", type=_path, required=True, help="COCO's val2014 image folder")
+    coco.add_argument("--out", type=_path, required=True,
+                      help="output folder (build.json, captions.txt, pairs.json, reference/); a rebuild must use its settings")
     coco.add_argument("--num-pairs", type=int, default=30_000, help="image-caption pairs (default 30000)")
     coco.add_argument("--seed", dest="pair_seed", type=int, default=0, help="seed of the draw (default 0)")
     add = parser.add_argument
@@ -45,34 +67,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance, in either mode (default none: distilled students are trained without it)")
     add("--timestep-spacing", choices=TIMESTEP_SPACINGS,
         help="DDIM timestep spacing (default: the model scheduler's own; trailing runs 1 step at t = 999)")
-    add("--num-images", type=int, default=256, help="images to generate (default 256)")
+    add("--num-images", type=int, default=256, help="images to generate, k + 1 to 1,000,000 (default 256)")
     add("--seed", type=int, default=0, help="image i uses seed + i; also picks the shapes-world prompts (default 0)")
     add("--batch-size", type=int, default=64, help="images per sampler call (default 64)")
-    add("--prompt-file", type=Path, help="prompts, one per line, cycled to --num-images (real models)")
-    add("--real-images", type=Path, help="folder of real images to compare with (with --prompt-file)")
-    add("--features", type=Path, help="shapes feature network folder (default: the embedded one)")
-    add("--inception", type=Path,
-        help="local TorchScript Inception file (inception-2015-12-05.pt) for FID/KID/PRDC (real models; docs/evaluation.md)")
+    add("--prompt-file", type=_path, help="prompts, one per line, cycled to --num-images (real models)")
+    add("--real-images", type=_path,
+        help="folder of real images to compare with (with --prompt-file; read by clean-fid's rule: hidden files skipped)")
+    add("--features", type=_path, help="shapes feature network folder (default: the embedded one)")
+    add("--inception", type=_path,
+        help="local TorchScript Inception file (inception-2015-12-05.pt) for FID/KID/PRDC; required with --prompt-file "
+             "(real models; docs/evaluation.md)")
     add("--fid-protocol", choices=("clean", "legacy_tensorflow"), default="clean",
         help="Inception preprocessing: clean-fid's clean mode, the paper's (default), or legacy_tensorflow")
     add("--no-kid", dest="kid", action="store_false", help="skip KID (reported with --inception features only)")
-    add("--out-dir", type=Path,
-        help="write generated images here as they are made; a rerun resumes from them (default: a temporary folder)")
-    add("--cache-dir", type=Path,
+    add("--out-dir", type=_path,
+        help="write generated images here as they are made; a rerun with the same settings and model files resumes "
+             "from them (default: a temporary folder)")
+    add("--cache-dir", type=_path,
         help="cache of real-image features (default ~/.cache/tiue/eval; 'none' disables it)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    add("--clip", type=Path, help="local CLIP model folder for CLIP score (real models)")
-    add("--nearest-k", type=int, default=5, help="k of the PRDC manifolds (default 5)")
+    add("--clip", type=_path, help="local CLIP model folder for CLIP score (real models)")
+    add("--nearest-k", type=int, default=5, help="k of the PRDC manifolds, >= 1 (default 5)")
     add("--device", help="torch device (default: cuda if available, else cpu)")
     add("--dtype", help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)")
     add("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    add("--json", type=Path, help="write the metrics to this JSON file")
+    add("--json", type=_path, help="write the metrics to this JSON file")
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """Fail before the evaluation, not after it, when `path` cannot be written."""
+    from tiue.files import check_writable_folder
+
+    if path.is_dir():
+        raise ValueError(f"{flag}: expected a file path, got a folder: {path}")
+    check_writable_folder(flag, path.parent)
 
 
 def spec_from_args(args: argparse.Namespace):
     from tiue.embedded import default_model
     from tiue.eval.runner import EvalSpec
 
+    if args.model is not None and not args.model.strip():
+        raise ValueError(f"--model: expected an embedded name, a local pipeline folder or a hub id, got {args.model!r}")
     model = args.model or default_model()
     if model is None:
         raise ValueError("--model: required (this installation has no embedded default model)")
@@ -102,6 +138,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
+    check_paths(args)
     if getattr(args, "eval_command", None) == "coco30k":
         from tiue.eval.coco import build_coco_subset
 
@@ -123,6 +160,8 @@ def run(args: argparse.Namespace) -> None:
     from tiue.cli.sample import check_device_flags
 
     check_device_flags(args.device, args.dtype)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     group = ProcessGroup.from_environment()
     try:
         result = evaluate(spec, group)

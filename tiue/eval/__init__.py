@@ -1,6 +1,6 @@
 """Evaluation: metrics from feature arrays, feature extractors, sampling, and the runner.
 
-fid: Frechet distance. kid: kernel inception distance (clean-fid's). prdc: precision, recall,
+fid: Frechet distance. kid: kernel inception distance (clean-fid's). knn_metrics: precision, recall,
 density, coverage (k-NN manifolds, Naeem et al. 2020, in row blocks) and F1. agreement:
 text-image agreement (attribute accuracy, CLIP score). extractors: the shapes feature network,
 Inception (TorchScript; clean-fid's clean or legacy protocol) and CLIP feature extractors.
@@ -18,8 +18,8 @@ __all__ = ["frechet_distance", "fid_from_features", "prdc", "f1_score", "evaluat
 _WHERE = {
     "frechet_distance": "tiue.eval.fid",
     "fid_from_features": "tiue.eval.fid",
-    "prdc": "tiue.eval.prdc",
-    "f1_score": "tiue.eval.prdc",
+    "prdc": "tiue.eval.knn_metrics",
+    "f1_score": "tiue.eval.knn_metrics",
     "evaluate": "tiue.eval.runner",
     "EvalSpec": "tiue.eval.runner",
 }

@@ -81,8 +81,8 @@ class InceptionFeatures:
     """A TorchScript Inception from a local file (no download is ever attempted).
 
     protocol "clean" (clean-fid's clean mode, what GigaGAN's evaluation and the paper's
-    Table 1 use): each image is resized to 299x299 by clean-fid's own resizer (PIL bicubic on
-    float32 channels, no quantisation), then `model.layers((x - 128) / 128)` gives the 2048-d
+    Table 1 use): each image is resized to 299x299 as clean-fid's resizer does it (PIL bicubic
+    on float32 channels, no quantisation; tiue's own code, preprocessing.clean_resize), then `model.layers((x - 128) / 128)` gives the 2048-d
     pool features, as clean-fid's InceptionV3W(resize_inside=False) computes them.
     "legacy_tensorflow": uint8 images go to `model(x, return_features=True)`, which resizes
     inside the network (StyleGAN's / clean-fid's legacy mode; tiue's protocol before 0.x).
@@ -101,11 +101,9 @@ class InceptionFeatures:
             )
         self.resize = None
         if protocol == "clean":
-            try:
-                from cleanfid.resize import build_resizer
-            except ImportError as error:
-                raise ValueError("--fid-protocol clean: needs clean-fid (pip install 'tiue[eval]'), which is not installed") from error
-            self.resize = build_resizer("clean")
+            from tiue.eval.preprocessing import clean_resize
+
+            self.resize = clean_resize
         try:
             self.model = torch.jit.load(str(path), map_location=device).eval()
         except RuntimeError as error:

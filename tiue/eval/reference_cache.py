@@ -19,9 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from tiue.cache import cache_root
-from tiue.eval.preprocessing import list_image_files
+from tiue.eval.preprocessing import check_image_files, list_image_files, open_image
 
-__all__ = ["folder_features", "default_cache_dir", "file_fingerprint"]
+__all__ = ["folder_features", "cache_file", "default_cache_dir", "file_fingerprint"]
 
 
 def default_cache_dir() -> Path:
@@ -37,22 +37,30 @@ def file_fingerprint(path: str | Path | None) -> str:
     return json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
 
 
+def cache_file(paths: list[Path], identity: str, cache_dir: str | Path | None) -> Path | None:
+    """Where the features of `paths` under `identity` are cached (None: no cache)."""
+    if cache_dir is None:
+        return None
+    key = hashlib.sha256(json.dumps({
+        "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths],
+        "identity": identity,
+    }).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"real-{key}.npy"
+
+
 def folder_features(folder: str | Path, features: Callable[[np.ndarray], np.ndarray], prepare: Callable[[Image.Image], np.ndarray],
                     identity: str, cache_dir: str | Path | None = None, batch_size: int = 64, limit: int | None = None,
                     progress: bool = True) -> np.ndarray:
     """(N, D) features of `folder`'s images (the first `limit` by sorted path), cached under
     `cache_dir` (None: no cache). `identity` names the extractor and preprocessing."""
     paths = list_image_files(folder)[:limit]
-    key = hashlib.sha256(json.dumps({
-        "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths],
-        "identity": identity,
-    }).encode()).hexdigest()[:24]
-    cached = Path(cache_dir) / f"real-{key}.npy" if cache_dir is not None else None
+    cached = cache_file(paths, identity, cache_dir)
     if cached is not None and cached.is_file():
         return np.load(cached)
+    check_image_files(paths)  # every header before the first batch: a bad file fails in seconds
     out = []
     for start in tqdm(range(0, len(paths), batch_size), desc=f"real images ({Path(folder).name})", disable=not progress, unit="batch"):
-        chunk = np.stack([prepare(Image.open(p)) for p in paths[start : start + batch_size]])
+        chunk = np.stack([prepare(open_image(p)) for p in paths[start : start + batch_size]])
         out.append(np.asarray(features(chunk), np.float32))
     result = np.concatenate(out)
     if cached is not None:

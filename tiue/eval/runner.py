@@ -23,16 +23,19 @@ import torch
 
 from tiue.eval.agreement import attribute_accuracy, clip_score
 from tiue.eval.fid import fid_from_features
-from tiue.eval.prdc import f1_score, prdc
+from tiue.eval.knn_metrics import f1_score, prdc
 from tiue.eval.sharding import ProcessGroup
 from tiue.schedule import TIMESTEP_SPACINGS
 
-__all__ = ["EvalSpec", "evaluate", "measure", "reference_metrics", "sample_images", "reference_scenes", "REFERENCE_SEED_OFFSET", "METRIC_KEYS"]
+__all__ = ["EvalSpec", "evaluate", "measure", "reference_metrics", "sample_images", "reference_scenes", "REFERENCE_SEED_OFFSET", "METRIC_KEYS",
+           "MAX_NUM_IMAGES", "check_inputs"]
 
 # Evaluation scenes come from seeds offset by this, far from the recipes' training seeds.
 REFERENCE_SEED_OFFSET = 1_000_003
 METRIC_KEYS = ("fid", "precision", "recall", "f1", "density", "coverage", "accuracy", "seconds_per_image")
 MODES = ("loopfree", "loop")
+# 20x the paper's 30K: beyond it, features alone pass 8 GB and PRDC's distances ~10^12 per set.
+MAX_NUM_IMAGES = 1_000_000
 
 
 @dataclass
@@ -62,7 +65,10 @@ class EvalSpec:
     def check(self) -> None:
         checks = [
             ("--steps", self.steps, self.steps >= 1, "an integer >= 1"),
-            ("--num-images", self.num_images, self.num_images > self.nearest_k, f"an integer > k = {self.nearest_k}"),
+            ("--nearest-k", self.nearest_k, 1 <= self.nearest_k < MAX_NUM_IMAGES,
+             f"an integer from 1 to {MAX_NUM_IMAGES - 1:,} (the k of the k-NN balls)"),
+            ("--num-images", self.num_images, self.nearest_k < self.num_images <= MAX_NUM_IMAGES,
+             f"an integer from k + 1 = {self.nearest_k + 1} to {MAX_NUM_IMAGES:,} (features and k-NN distances grow with N)"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
             ("--mode", self.mode, self.mode in MODES, " or ".join(MODES)),
             ("--seed", self.seed, 0 <= self.seed <= 2**63 - self.num_images, "0 <= seed <= 2**63 - num_images (image i uses seed + i)"),
@@ -72,14 +78,23 @@ class EvalSpec:
         for flag, value, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"{flag}: expected {accepted}, got {value!r}")
-        if self.guidance_scale is not None and not self.guidance_scale >= 1.0:  # also refuses NaN
-            raise ValueError(f"--guidance-scale: expected a value >= 1 (1 means no guidance), got {self.guidance_scale}")
+        if self.guidance_scale is not None and not 1.0 <= self.guidance_scale < float("inf"):  # also refuses NaN
+            raise ValueError(f"--guidance-scale: expected a finite value >= 1 (1 means no guidance), got {self.guidance_scale}")
         from tiue.eval.extractors import FID_PROTOCOLS
 
         if self.fid_protocol not in FID_PROTOCOLS:
             raise ValueError(f"--fid-protocol: expected {' or '.join(FID_PROTOCOLS)}, got {self.fid_protocol!r}")
         if self.prompt_file is not None and self.real_images is None:
             raise ValueError("--real-images: required with --prompt-file (the folder of real images to compare with)")
+        if self.prompt_file is not None and self.inception is None and self.features is None:
+            from tiue.eval.extractors import INCEPTION_URL
+
+            raise ValueError(
+                "--inception: required with --prompt-file (real models): FID, KID and PRDC need the local TorchScript "
+                f"Inception file inception-2015-12-05.pt ({INCEPTION_URL}), passed as --inception PATH "
+                "(docs/evaluation.md); the shapes feature network measures shapes-world models only (name it with "
+                "--features to use it on one)"
+            )
 
 
 def reference_scenes(num_images: int, seed: int, resolution: int = 32):
@@ -112,11 +127,72 @@ def sample_images(pipe, prompts: list[str], indices, spec: EvalSpec) -> np.ndarr
 def _read_prompt_file(path: Path, num_images: int) -> list[str]:
     if not path.is_file():
         raise ValueError(f"--prompt-file: no such file: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--prompt-file: cannot read {path} as UTF-8 text ({error})") from error
     if not prompts:
         raise ValueError(f"--prompt-file: no prompts in {path}")
     # Cycle through the file: image i uses prompt i mod len(prompts) (n images per prompt).
     return [prompts[i % len(prompts)] for i in range(num_images)]
+
+
+def check_inputs(spec: EvalSpec) -> list[str] | None:
+    """Every input and output of the run checked before the model loads: the prompt file (its
+    prompts are returned; None in the shapes world), the weights files and folders, the real
+    images (listed by clean-fid's rule; each header read unless their features are cached),
+    and the output folders. One line naming the flag on the first problem."""
+    from tiue.eval.preprocessing import check_image_files, list_image_files
+    from tiue.eval.reference_cache import cache_file
+    from tiue.files import check_writable_folder
+
+    if spec.inception is not None and not Path(spec.inception).is_file():
+        from tiue.eval.extractors import INCEPTION_URL
+
+        raise ValueError(f"--inception: no such file: {spec.inception}; expected a local TorchScript Inception "
+                         f"(inception-2015-12-05.pt, downloadable from {INCEPTION_URL}; docs/evaluation.md)")
+    for flag, folder in (("--clip", spec.clip), ("--features", spec.features)):
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise ValueError(f"{flag}: expected a local model folder with a config.json, got {folder}")
+    if spec.out_dir is not None:
+        check_writable_folder("--out-dir", spec.out_dir)
+    if spec.prompt_file is None:
+        return None  # the shapes world: no real-image folder, no feature cache
+    cache_dir = _cache_dir(spec)
+    if cache_dir is not None:
+        check_writable_folder("--cache-dir", cache_dir)
+    prompts = _read_prompt_file(spec.prompt_file, spec.num_images)
+    paths = list_image_files(spec.real_images, "--real-images")
+    cached = cache_file(paths, _reference_identity(spec), cache_dir)
+    if cached is None or not cached.is_file():
+        check_image_files(paths, "--real-images")
+    return prompts
+
+
+def _cache_dir(spec: EvalSpec) -> Path | None:
+    from tiue.eval.reference_cache import default_cache_dir
+
+    return None if spec.cache_dir == Path("none") else (spec.cache_dir or default_cache_dir())
+
+
+def _reference_identity(spec: EvalSpec) -> str:
+    """What the cached real-image features depend on besides the files: extractor and preprocessing."""
+    from tiue.eval.reference_cache import file_fingerprint
+
+    if spec.inception is not None:
+        name = "inception" if spec.fid_protocol == "clean" else f"inception-{spec.fid_protocol}"
+        return f"{name}|{file_fingerprint(spec.inception)}|gigagan-256"
+    return f"shapes|{file_fingerprint(spec.features)}|world"
+
+
+def _check_steps(pipe, steps: int) -> None:
+    """--steps against the model's own schedule (its training timesteps), before any sampling."""
+    from tiue.schedule import ddim_timesteps
+
+    try:
+        ddim_timesteps(pipe.scheduler, steps)
+    except ValueError as error:
+        raise ValueError(f"--steps: {error}") from None
 
 
 def _gigagan_image(image) -> np.ndarray:
@@ -125,9 +201,10 @@ def _gigagan_image(image) -> np.ndarray:
     return center_crop_resize(image)
 
 
-def _build_extractors(spec: EvalSpec, device):
+def _build_extractors(spec: EvalSpec, device, resolution: int):
     """Every feature extractor of the run, each tried on one image before any sampling, so a
-    missing or wrong weights file fails in seconds rather than after hours of sampling."""
+    missing or wrong weights file fails in seconds rather than after hours of sampling.
+    `resolution`: the model's image side."""
     from tiue.eval.extractors import ClipModel, InceptionFeatures, load_shapes_features
     from tiue.eval.preprocessing import GIGAGAN_SIZE
 
@@ -137,6 +214,12 @@ def _build_extractors(spec: EvalSpec, device):
     else:
         extractor = load_shapes_features(spec.features)
         side = extractor.network.config.resolution
+        if resolution != side:
+            raise ValueError(
+                f"--model: {spec.model} makes {resolution} px images, and the shapes feature network (--features) reads "
+                f"{side} px shapes-world images: it measures shapes models only; for other models pass --prompt-file, "
+                "--real-images and --inception (docs/evaluation.md)"
+            )
     clip = ClipModel(spec.clip, device) if spec.clip else None
     probe = np.zeros((1, side, side, 3), np.uint8)
     for flag, check in (("--inception" if spec.inception else "--features", lambda: extractor.features(probe)),
@@ -217,29 +300,24 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
     """
     import tempfile
 
-    from tiue.eval.image_store import ImageStore
+    from tiue.eval.image_store import MODEL_FINGERPRINT_KEY, ImageStore, model_fingerprint
     from tiue.eval.kid import kernel_inception_distance
-    from tiue.eval.reference_cache import (
-        default_cache_dir,
-        file_fingerprint,
-        folder_features,
-    )
+    from tiue.eval.reference_cache import folder_features
     from tiue.sampling import load_pipeline
 
     spec.check()
+    prompts = check_inputs(spec)  # before the model loads
     group = group or ProcessGroup.from_environment()
     progress = group.is_main and spec.progress
     pipe = load_pipeline(spec.model, spec.device, spec.dtype).with_timestep_spacing(spec.timestep_spacing)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    _check_steps(pipe, spec.steps)
 
     real_world = spec.prompt_file is not None
-    if real_world:
-        prompts = _read_prompt_file(spec.prompt_file, spec.num_images)
-    else:
+    extractor, clip = _build_extractors(spec, pipe.device, resolution)
+    if not real_world:
         reference = reference_scenes(spec.num_images, spec.seed, resolution)
         prompts = reference.captions
-
-    extractor, clip = _build_extractors(spec, pipe.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}
     temporary = None
     if spec.out_dir is None:
@@ -252,7 +330,7 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
         store = ImageStore(folder)
         sampling_keys = ("model", "steps", "mode", "guidance_scale", "timestep_spacing", "seed", "prompt_file", "device", "dtype")
         if group.is_main:
-            store.claim({k: settings[k] for k in sampling_keys})
+            store.claim({**{k: settings[k] for k in sampling_keys}, MODEL_FINGERPRINT_KEY: model_fingerprint(spec.model)})
         group.barrier()
         mine = group.shard(spec.num_images)
         seconds, sampled, peak_bytes = _sample_to_store(pipe, prompts, mine, spec, store, progress)
@@ -272,10 +350,8 @@ def evaluate(spec: EvalSpec, group: ProcessGroup | None = None) -> dict | None:
         shapes = extractor.name == "shapes"
         # The shapes network reads the GigaGAN 256 px image resized to the world's size, as before.
         prepare = (lambda im: _resize_for(_gigagan_image(im)[None], resolution)[0]) if shapes else _gigagan_image
-        cache_dir = None if spec.cache_dir == Path("none") else (spec.cache_dir or default_cache_dir())
-        identity = f"{extractor.name}|{file_fingerprint(spec.inception or spec.features)}|{'world' if shapes else 'gigagan-256'}"
-        real = folder_features(spec.real_images, extractor.features, prepare, identity, cache_dir, spec.batch_size,
-                               progress=progress)
+        real = folder_features(spec.real_images, extractor.features, prepare, _reference_identity(spec), _cache_dir(spec),
+                               spec.batch_size, progress=progress)
     else:
         real = extractor.features(reference.images)
     predictions = None

@@ -15,7 +15,11 @@ Memory: distances are computed in blocks of `block_size` rows, so the peak is
 block_size x N distances instead of N x N (30K images: ~120 MB per block instead of ~7 GB
 per matrix). Blocks stay float64 on purpose: the element-wise arithmetic is the one of the
 unblocked formula, so results match earlier runs; float32 would halve a block but can flip
-near-ties in the `<` comparisons.
+near-ties in the `<` comparisons. Each set is converted to float64 (and its squared norms
+taken) once per call, not once per block: at 30K x 2048 the two float64 copies are 0.98 GB,
+measured peaks in docs/evaluation.md.
+
+(The module is not named prdc.py: `from tiue.eval import prdc` must give the function.)
 """
 
 from __future__ import annotations
@@ -27,11 +31,26 @@ __all__ = ["prdc", "f1_score", "pairwise_distances", "kth_neighbour_radii", "DEF
 DEFAULT_BLOCK_SIZE = 512
 
 
+class _Float64Set:
+    """A feature set converted to float64 once, with its squared norms."""
+
+    def __init__(self, features: np.ndarray):
+        self.values = np.ascontiguousarray(features, np.float64)
+        self.norms = (self.values * self.values).sum(1)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _distances(x: _Float64Set, rows: slice, y: _Float64Set) -> np.ndarray:
+    squared = x.norms[rows][:, None] + y.norms[None, :] - 2.0 * x.values[rows] @ y.values.T
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
 def pairwise_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Euclidean distances (N, M) in float64, clipped at 0 against round-off."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
-    return np.sqrt(np.maximum(squared, 0.0))
+    x = _Float64Set(x)
+    return _distances(x, slice(None), _Float64Set(y))
 
 
 def _row_blocks(num_rows: int, block_size: int):
@@ -41,24 +60,27 @@ def _row_blocks(num_rows: int, block_size: int):
         yield slice(start, min(start + block_size, num_rows))
 
 
-def kth_neighbour_radii(features: np.ndarray, k: int, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+def kth_neighbour_radii(features, k: int, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
     """Distance of each sample to its k-th nearest other sample of the same set."""
-    features = np.asarray(features)
+    features = features if isinstance(features, _Float64Set) else _Float64Set(features)
     radii = np.empty(len(features), np.float64)
     for rows in _row_blocks(len(features), block_size):
-        distances = pairwise_distances(features[rows], features)
+        distances = _distances(features, rows, features)
         # Column 0 of the sorted row is the sample itself (distance 0).
         radii[rows] = np.partition(distances, k, axis=1)[:, k]
     return radii
 
 
 def prdc(real: np.ndarray, generated: np.ndarray, k: int = 5, block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, float]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: expected an integer >= 1 (neighbours defining each ball), got {k!r}")
     real, generated = np.asarray(real), np.asarray(generated)
     for name, array in (("real", real), ("generated", generated)):
         if array.ndim != 2 or array.shape[0] <= k:
             raise ValueError(f"{name}: expected an (N, D) array with N > k = {k}, got shape {array.shape}")
     if real.shape[1] != generated.shape[1]:
         raise ValueError(f"real, generated: feature sizes differ ({real.shape[1]} vs {generated.shape[1]})")
+    real, generated = _Float64Set(real), _Float64Set(generated)
     real_radii = kth_neighbour_radii(real, k, block_size)
     generated_radii = kth_neighbour_radii(generated, k, block_size)
     # Row blocks of the (N_real, N_generated) distance matrix; per-generated-sample counts
@@ -67,7 +89,7 @@ def prdc(real: np.ndarray, generated: np.ndarray, k: int = 5, block_size: int = 
     recalled = np.zeros(len(real), bool)
     covered = np.zeros(len(real), bool)
     for rows in _row_blocks(len(real), block_size):
-        distances = pairwise_distances(real[rows], generated)
+        distances = _distances(real, rows, generated)
         inside_real = distances < real_radii[rows, None]
         real_balls_holding += inside_real.sum(axis=0)
         recalled[rows] = (distances < generated_radii[None, :]).any(axis=1)
