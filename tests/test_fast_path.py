@@ -258,14 +258,14 @@ def test_signatures_past_dynamos_limit_compile_and_the_fast_paths_bound_applies(
     stats = trace_only(pipe, max_signatures=2)
     kwargs = dict(latents=latents(1), output_type="latent")
     with torch._dynamo.config.patch(recompile_limit=1):
-        one = pipe(PROMPTS[:1], num_inference_steps=1, **kwargs).images
-        pipe(PROMPTS[:1], num_inference_steps=2, **kwargs)
+        two = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+        pipe(PROMPTS[:1], num_inference_steps=3, **kwargs)
     assert stats.compiled_signatures == 2
     with torch._dynamo.config.patch(error_on_recompile=True):
-        again = pipe(PROMPTS[:1], num_inference_steps=1, **kwargs).images
-    torch.testing.assert_close(again, one)
+        again = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+    torch.testing.assert_close(again, two)
     with pytest.raises(RuntimeError, match=r"^fast path: already compiled for max_signatures=2 input signatures"):
-        pipe(PROMPTS[:1], num_inference_steps=3, **kwargs)
+        pipe(PROMPTS[:1], num_inference_steps=4, **kwargs)
     with pytest.raises(ValueError, match=r"^max_signatures: expected a positive integer, got 0"):
         pipe.enable_fast_path(compile=False, max_signatures=0)
 

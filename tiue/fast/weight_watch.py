@@ -5,10 +5,10 @@ Weights copied into those tensors in place are fine (the graph reads the new val
 get new storage (`.to()`, a memory-format change, offload, a Parameter or a submodule replaced)
 leave the graph reading freed memory.
 
-Walking the models for every tensor's address costs milliseconds per call at SD2.1's size (970
-tensors, 6.6 ms on the development CPU). Instead the tensors are listed once, and each call compares
-their addresses with the recorded ones: in one C++ call where torch has it (its CUDA builds, the
-only ones that capture graphs), else one Python pass over the list. A replaced Parameter, buffer
+Walking the models for every tensor's address costs milliseconds per call at SD2.1's size (934
+tensors in the UNet and VAE: medians of 6.9 and 8.6 ms in two runs on the shared development
+CPU). Instead the tensors are listed once, and each call compares their addresses with the
+recorded ones in one pass over the list (62 us there; tools/weight_watch_cost.py measures both). A replaced Parameter, buffer
 or submodule does not change the listed tensors' addresses, so torch's global registration hooks
 count the registrations made on any watched module (a module of a watched model when it was last
 listed; modules that others build, such as the ModuleList a diffusers block slices on each eager
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 __all__ = ["WeightWatch", "registrations"]
+
+_data_ptr = torch.Tensor.data_ptr
 
 _registrations = 0
 _hooks_installed = False
@@ -54,9 +56,6 @@ def _install_hooks() -> None:
         _hooks_installed = True
 
 
-_pointers_equal = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
-
-
 class WeightWatch:
     """`moved()`: whether the models' parameters and buffers changed storage since the last call
     (or since the watch was made)."""
@@ -75,16 +74,10 @@ class WeightWatch:
             _watched.update(model.modules())
         self._tensors = [t for model in self.models for t in (*model.parameters(), *model.buffers())]
         self._pointers = [t.data_ptr() for t in self._tensors]
-        self._indices = list(range(len(self._tensors)))
         self._full = self._layout()
 
-    def _same_pointers(self) -> bool:
-        if _pointers_equal is not None:
-            return _pointers_equal(self._tensors, self._pointers, self._indices)
-        return list(map(torch.Tensor.data_ptr, self._tensors)) == self._pointers
-
     def moved(self) -> bool:
-        if self._registrations == _registrations and self._same_pointers():
+        if self._registrations == _registrations and list(map(_data_ptr, self._tensors)) == self._pointers:
             return False
         before = self._full
         self._snapshot()
