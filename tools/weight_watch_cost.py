@@ -7,7 +7,7 @@ of a list made once (`watch`), and makes the list again only
 after a registration on a watched module. Prints the median and quartiles of each, in
 microseconds per call, with the torch version: no speed is asserted.
 
-    python tools/weight_watch_cost.py [--calls 300]
+    python tools/weight_watch_cost.py [--calls 300] [--device cuda]
 """
 
 from __future__ import annotations
@@ -49,15 +49,16 @@ def summary(times: list[float]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--device", default="cpu", help="where the weights live (default: %(default)s)")
     args = parser.parse_args(argv)
     # Built on the meta device and given uninitialised storage: the cost does not depend on values.
     with torch.device("meta"):
         models = (UNet2DConditionModel(**SD21_UNET_CONFIG), AutoencoderKL(**SD21_VAE_CONFIG))
-    models = tuple(model.to_empty(device="cpu") for model in models)
+    models = tuple(model.to_empty(device=args.device) for model in models)
     tensors = sum(len([*m.parameters(), *m.buffers()]) for m in models)
     watch = weight_watch.WeightWatch(models)
     assert watch.moved() is False
-    print(f"torch {torch.__version__}, SD2.1-base UNet + VAE: {tensors} tensors, {args.calls} calls each")
+    print(f"torch {torch.__version__}, SD2.1-base UNet + VAE on {args.device}: {tensors} tensors, {args.calls} calls each")
     print(f"walk (per call until the watch)        {summary(time_us(lambda: walk(models), args.calls))}")
     print(f"{'watch (address check of the list)':<39}{summary(time_us(watch.moved, args.calls))}")
     return 0
