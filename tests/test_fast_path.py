@@ -264,6 +264,12 @@ def test_signatures_past_dynamos_limit_compile_and_the_fast_paths_bound_applies(
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
     torch.testing.assert_close(again, two)
+    # A seen signature whose guards fail (the weights' layout changed) recompiles, past dynamo's
+    # limit too: the fast path retries it under its own limits.
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        moved = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+    torch.testing.assert_close(moved, two, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match=r"^fast path: already compiled for max_signatures=2 input signatures"):
         pipe(PROMPTS[:1], num_inference_steps=4, **kwargs)
     with pytest.raises(ValueError, match=r"^max_signatures: expected a positive integer, got 0"):
