@@ -219,7 +219,8 @@ class FastPath:
         self, latents, text, timesteps, coeffs, decode: bool, guidance_scale: float | None = None,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if self._weights is not None and self._weights.moved():
+        # moved() first: it also takes the new storage as the norm for the next call.
+        if self._weights is not None and self._weights.moved() and len(self.graphs) > 0:
             self.graphs.clear()
             self.graphs.stale_drops += 1
             self.stats.stale_drops += 1
