@@ -8,6 +8,8 @@ from torch._dynamo.utils import counters
 
 from tiue import TiUEPipeline
 from tiue.fast.graphs import CapturedCall, GraphCache, GraphKey
+from tiue.fast.weight_watch import WeightWatch, registrations
+from tiue.testing.trace_check import trace_only
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -106,37 +108,42 @@ def test_inductor_graphs_never_nest_in_ours(tiny_pipeline_dir, mode):
         pipe.enable_fast_path(compile=False, cuda_graphs=True, compile_mode=mode)
 
 
-def test_moved_weights_drop_every_graph():
-    """Graphs bake in parameter addresses: a new fingerprint drops them all, and the next run of
-    a key captures afresh (here without CUDA: the same bookkeeping, eager replays)."""
-    made = []
-
-    def fn(x):
-        made.append(1)
-        return x + 1
-
-    cache = GraphCache(use_cuda_graphs=False)
-    assert cache.check_fingerprint((1, 2)) is False  # nothing captured yet
-    x = torch.zeros(2)
-    cache.run(GraphKey.of((x,)), fn, (x,))
-    assert cache.check_fingerprint((1, 2)) is False and len(cache) == 1
-    assert cache.check_fingerprint((1, 3)) is True
-    assert len(cache) == 0 and cache.stale_drops == 1
-    cache.run(GraphKey.of((x,)), fn, (x,))
-    assert len(cache) == 1
-
-
-def test_weights_fingerprint_sees_moves_and_layout_changes(tiny_pipeline_dir):
+def test_weight_watch_sees_moves_layout_changes_and_swapped_parameters(tiny_pipeline_dir):
+    """What a captured graph bakes in (each weight's address) is watched without walking the
+    models on every call: moves show in the listed tensors' addresses, swapped Parameters and
+    submodules through torch's registration hooks."""
     pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.enable_fast_path(compile=False, cuda_graphs=False, channels_last=True)
-    fast = pipe._fast_path
-    before = fast.weights_fingerprint()
-    assert fast.weights_fingerprint() == before
+    watch = WeightWatch((pipe.unet, pipe.vae))
+    assert watch.moved() is False and watch.moved() is False
+    pipe.load_unet_weights(state)  # copied in place: the graphs stay valid
+    assert watch.moved() is False
     pipe.unet.to(memory_format=torch.contiguous_format)  # new storage for every conv weight
-    after_layout = fast.weights_fingerprint()
-    assert after_layout != before
+    assert watch.moved() is True and watch.moved() is False  # once, then the new layout is the norm
     pipe.vae.to(torch.float64)
-    assert fast.weights_fingerprint() != after_layout
+    assert watch.moved() is True
+    conv = pipe.unet.conv_in
+    conv.weight = torch.nn.Parameter(conv.weight.detach().clone())  # same values, another tensor
+    assert watch.moved() is True
+    pipe.unet.extra = torch.nn.Linear(2, 2)  # a new submodule: listed, so its weights are watched too
+    assert watch.moved() is True
+    before = registrations()
+    torch.nn.Linear(2, 2)  # modules outside the watched models do not count
+    assert registrations() == before and watch.moved() is False
+
+
+def test_a_fast_path_call_keeps_the_weight_watch_on_its_cheap_path(tiny_pipeline_dir):
+    """A call registers no module, parameter or buffer on the watched models (an eager diffusers
+    forward makes throwaway ModuleLists), so the watch compares addresses only."""
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_fast_path(compile=False, cuda_graphs=False)
+    watch = WeightWatch((pipe.unet, pipe.vae))
+    pipe(PROMPTS, latents=latents(2), output_type="latent")
+    before = registrations()
+    pipe(PROMPTS, latents=latents(2), output_type="latent", guidance_scale=3.0)
+    assert registrations() == before and watch.moved() is False
 
 
 def test_step_constants_are_made_once(tiny_pipeline_dir):
@@ -212,3 +219,114 @@ def test_frozen_weights_need_a_plain_compile(tiny_pipeline_dir):
         pipe.enable_fast_path(compile=False, freeze_weights=True)
     with pytest.raises(ValueError, match=r"freeze_weights: needs compile=True"):
         pipe.enable_fast_path(compile_mode="max-autotune-no-cudagraphs", freeze_weights=True)
+
+
+# -- recompiles: what varies per call is a tensor, the rest is keyed and bounded ---------------
+# Dynamo only (backend="eager" through the fast path, tiue.testing.trace_check.trace_only):
+# recompiles are dynamo's decision, and its traces are cheap next to an inductor compile.
+
+
+def test_a_guidance_sweep_compiles_once(tiny_pipeline_dir):
+    """Ten scales, past dynamo's default limit of 8 recompiles, run one compiled pass: the scale
+    is a tensor input. Each image is the eager pipeline's at that scale."""
+    eager = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    fast = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    for pipe in (eager, fast):
+        pipe.set_progress_bar_config(disable=True)
+    torch._dynamo.reset()
+    stats = trace_only(fast)
+    scales = [1.5 + 0.75 * i for i in range(10)]
+    kwargs = dict(latents=latents(2), output_type="latent", num_inference_steps=2)
+    got = {scales[0]: fast(PROMPTS, guidance_scale=scales[0], **kwargs).images}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for scale in scales[1:]:
+            got[scale] = fast(PROMPTS, guidance_scale=scale, **kwargs).images
+    assert stats.compiled_signatures == 1
+    for scale in (scales[0], scales[-1]):
+        expected = eager(PROMPTS, guidance_scale=scale, **kwargs).images
+        torch.testing.assert_close(got[scale], expected, rtol=1e-4, atol=1e-4)
+    assert (got[scales[-1]] - got[scales[0]]).abs().max() > 1e-3  # the scale does reach the pass
+
+
+def test_signatures_past_dynamos_limit_compile_and_the_fast_paths_bound_applies(tiny_pipeline_dir):
+    """New K (or batch, or size) is a new signature and compiles once more. Past dynamo's
+    per-function limit (here lowered to 1, by default 8) fullgraph=True made that a hard failure;
+    the fast path's own bound, max_signatures, is the one that applies, and says so."""
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    torch._dynamo.reset()
+    stats = trace_only(pipe, max_signatures=2)
+    kwargs = dict(latents=latents(1), output_type="latent")
+    with torch._dynamo.config.patch(recompile_limit=1):
+        two = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+        pipe(PROMPTS[:1], num_inference_steps=3, **kwargs)
+    assert stats.compiled_signatures == 2
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+    torch.testing.assert_close(again, two)
+    # A seen signature whose guards fail (the weights' layout changed) recompiles, past dynamo's
+    # limit too: the fast path retries it under its own limits.
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        moved = pipe(PROMPTS[:1], num_inference_steps=2, **kwargs).images
+    torch.testing.assert_close(moved, two, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"^fast path: already compiled for max_signatures=2 input signatures"):
+        pipe(PROMPTS[:1], num_inference_steps=4, **kwargs)
+    with pytest.raises(ValueError, match=r"^max_signatures: expected a positive integer, got 0"):
+        pipe.enable_fast_path(compile=False, max_signatures=0)
+
+
+# -- inference mode ------------------------------------------------------------------------------
+
+
+def test_graph_buffers_made_in_inference_mode_take_ordinary_calls():
+    """A first call under torch.inference_mode() must not make the static buffers inference
+    tensors: the next ordinary call copies its inputs into them."""
+    cache = GraphCache(use_cuda_graphs=False)
+    key = GraphKey.of((torch.ones(2),))
+    with torch.inference_mode():
+        first = cache.run(key, lambda x: x * 2, (torch.ones(2),))
+    second = cache.run(key, lambda x: x * 2, (torch.full((2,), 3.0),))
+    torch.testing.assert_close(first, torch.full((2,), 2.0))
+    torch.testing.assert_close(second, torch.full((2,), 6.0))
+    assert not cache._calls[key].static_inputs[0].is_inference()
+
+
+def test_fast_path_first_called_in_inference_mode_takes_new_weights_and_ordinary_calls(tiny_pipeline_dir):
+    """The per-K timestep embeddings are made on the first call and refreshed in place by
+    load_unet_weights: made in inference mode, that refresh failed."""
+    eager = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    fast = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    for pipe in (eager, fast):
+        pipe.set_progress_bar_config(disable=True)
+    fast.enable_fast_path(compile=False)
+    kwargs = dict(latents=latents(2), output_type="latent")
+    with torch.inference_mode():
+        fast(PROMPTS, **kwargs)
+    generator = torch.Generator().manual_seed(3)
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in eager.unet.state_dict().items()}
+    eager.unet.load_state_dict(state)
+    fast.load_unet_weights(state)
+    torch.testing.assert_close(fast(PROMPTS, **kwargs).images, eager(PROMPTS, **kwargs).images, rtol=1e-5, atol=1e-5)
+
+
+# -- loading weights -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "not a tensor"])
+def test_a_bad_tensor_leaves_the_live_unet_untouched(tiny_pipeline_dir, bad):
+    """Every key, shape and dtype is checked before the first copy (the bad tensor is the last
+    one, so a copy-as-you-check loader would have replaced all the others)."""
+    pipe = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    state = {k: v + 1.0 for k, v in before.items()}
+    last = list(state)[-1]
+    state[last] = {
+        "shape": torch.zeros(1),
+        "dtype": torch.zeros(state[last].shape, dtype=torch.complex64),
+        "not a tensor": [0.0],
+    }[bad]
+    with pytest.raises(ValueError, match=rf"^path_or_state_dict: {last} "):
+        pipe.load_unet_weights(state)
+    for key, value in pipe.unet.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -67,9 +67,14 @@ def test_openvino_pass_equals_eager_and_converts_once_per_signature(pipes, outpu
 
 
 def test_guided_pass(pipes):
+    """The guidance scale is an input of the converted model: a new scale converts nothing."""
     eager, fast, _ = pipes
     kwargs = dict(latents=latents(2, 4), output_type="latent", guidance_scale=3.0, negative_prompt=["a mess"] * 2)
     assert relative_error(fast(PROMPTS, **kwargs).images, eager(PROMPTS, **kwargs).images) <= 1e-4
+    converted = len(fast._fast_path._run._requests)
+    kwargs["guidance_scale"] = 5.5
+    assert relative_error(fast(PROMPTS, **kwargs).images, eager(PROMPTS, **kwargs).images) <= 1e-4
+    assert len(fast._fast_path._run._requests) == converted
 
 
 def test_new_weights_are_reconverted(tiny_pipeline_dir):

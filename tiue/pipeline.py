@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from tiue.arguments import check_call_arguments, check_guidance
 from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, load_weights_in_place
+from tiue.fast.path import MAX_SIGNATURES
 from tiue.files import write_text_atomically
 from tiue.latents import vae_scale_factor
 from tiue.loopfree import OnePass
@@ -227,6 +228,7 @@ class TiUEPipeline(DiffusionPipeline):
         compile_mode: str | None = None,
         freeze_weights: bool = False,
         backend: str | None = None,
+        max_signatures: int = MAX_SIGNATURES,
     ) -> FastPathStats:
         """Compile the one pass (fullgraph, no recompiles for a seen shape) and, on CUDA, capture
         it into one CUDA graph per (batch, height, width, K, dtype). Call after `.to(device)`.
@@ -249,6 +251,10 @@ class TiUEPipeline(DiffusionPipeline):
                 else "inductor"; `fast_path_backend` says which runs. On this project's CPU benchmark it runs
                 at 0.76-0.78x of the paper's way where inductor reaches 0.88-0.95x
                 (docs/benchmarks.md). Weights become constants: `load_unet_weights` reconverts.
+            max_signatures: how many input signatures to compile (and capture) at most: batch size,
+                height and width, K, dtype, output latent or image, guided or not. The guidance scale
+                is a tensor input, so a sweep of scales compiles once. A call that needs one more
+                raises RuntimeError.
 
         Returns the stats object (compile_seconds, capture_seconds, ...), also at
         `self.fast_path_stats`. A new shape triggers one compile/capture; `warmup` pre-captures.
@@ -262,7 +268,8 @@ class TiUEPipeline(DiffusionPipeline):
             )
         self.disable_fast_path()
         settings = dict(compile=compile, cuda_graphs=cuda_graphs, fuse_qkv=fuse_qkv, channels_last=channels_last,
-                        compile_mode=compile_mode, freeze_weights=freeze_weights, backend=backend)
+                        compile_mode=compile_mode, freeze_weights=freeze_weights, backend=backend,
+                        max_signatures=max_signatures)
         self._fast_path = FastPath(self.tiue_unet, self.vae, **settings)
         self._fast_path_settings = settings
         return self._fast_path.stats

@@ -101,6 +101,7 @@ class TiUEUNet(nn.Module):
         self._decoder_cross_attention = [
             m for m in unet.up_blocks.modules() if getattr(m, "is_cross_attention", False)
         ]
+        self._has_decoder_cross_attention = len(self._decoder_cross_attention) > 0
         if shared_text_attention:
             from tiue.attention import install_shared_text_attention
 
@@ -298,11 +299,14 @@ class TiUEUNet(nn.Module):
         return _repeat_batch(encoder_hidden_states, num_steps)
 
     def _shares_text_across_steps(self) -> bool:
-        # Checked per call: a later set_attn_processor (e.g. fused QKV) may replace ours.
+        # Checked per call: a later set_attn_processor (e.g. fused QKV) may replace ours. A plain
+        # loop over the layers: older dynamo (torch 2.11) cannot trace bool() of a list.
         from tiue.attention import TiUECrossAttnProcessor
 
-        layers = self._decoder_cross_attention
-        return bool(layers) and all(isinstance(m.processor, TiUECrossAttnProcessor) for m in layers)
+        for layer in self._decoder_cross_attention:
+            if not isinstance(layer.processor, TiUECrossAttnProcessor):
+                return False
+        return self._has_decoder_cross_attention
 
     def forward(
         self,

@@ -5,8 +5,12 @@ output that is copied out on every replay, so a later call never overwrites a te
 caller holds. All graphs share one memory pool. Graphs read parameters in place, so
 weights copied into the same parameters are used by the next replay without recapture; weights
 that move to new storage (`.to(...)`, offload, a LoRA fuse that swaps a weight tensor, another
-memory format) leave the graphs pointing at freed memory, so the cache is given a fingerprint of
-the weights' storage before each run and drops every graph when it changes.
+memory format) leave the graphs pointing at freed memory, so the fast path asks
+`tiue.fast.weight_watch` before each run and clears the cache when they moved.
+
+Buffers and captures are made outside inference mode even when the first call runs in it: an
+inference tensor cannot be written outside inference mode, and the next ordinary call writes
+its inputs into the buffers.
 """
 
 from __future__ import annotations
@@ -87,18 +91,7 @@ class GraphCache:
         self._calls: dict[GraphKey, CapturedCall] = {}
         self._pool = None
         self.capture_seconds = 0.0
-        self._fingerprint: tuple | None = None
         self.stale_drops = 0  # times the weights moved and every graph was dropped
-
-    def check_fingerprint(self, fingerprint: tuple) -> bool:
-        """Drop every graph if the weights' storage changed since the graphs were captured;
-        True when it did. The next run of each key then captures afresh."""
-        stale = self._fingerprint is not None and fingerprint != self._fingerprint and len(self._calls) > 0
-        if stale:
-            self.clear()
-            self.stale_drops += 1
-        self._fingerprint = fingerprint
-        return stale
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -114,14 +107,16 @@ class GraphCache:
     ) -> torch.Tensor:
         call = self._calls.get(key)
         if call is None:
-            call = CapturedCall(fn, inputs)
-            if self.use_cuda_graphs:
-                start = time.perf_counter()
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                call.capture(self._pool)
-                torch.cuda.synchronize()
-                self.capture_seconds += time.perf_counter() - start
+            # inference_mode(False) turns grad mode on: no_grad keeps the capture free of autograd.
+            with torch.inference_mode(False), torch.no_grad():
+                call = CapturedCall(fn, inputs)
+                if self.use_cuda_graphs:
+                    start = time.perf_counter()
+                    if self._pool is None:
+                        self._pool = torch.cuda.graph_pool_handle()
+                    call.capture(self._pool)
+                    torch.cuda.synchronize()
+                    self.capture_seconds += time.perf_counter() - start
             self._calls[key] = call
         return call.replay(inputs)
 

@@ -4,8 +4,10 @@ OpenVINO model and run by OpenVINO's CPU plugin, in fp32.
 On a CPU it beats inductor on the same pass (docs/benchmarks.md). The conversion reads the pass
 with tiue's ops as standard PyTorch ops (tiue.ops.plain_torch_ops), so OpenVINO sees ordinary
 convolutions, matmuls and attention. Everything that is fixed for a signature (timesteps, their
-embeddings, coefficients, guidance scale, whether to decode, and the weights) becomes a
-constant of the converted model: new weights need a new conversion (FastPath.bakes_weights).
+embeddings, coefficients, whether to decode, and the weights) becomes a constant of the
+converted model: new weights need a new conversion (FastPath.bakes_weights). The guidance scale,
+which the fast path passes as a tensor, is an input like the latents and the text: a new scale
+runs the same converted model.
 
 Precision: fp32 only. OpenVINO's CPU default on processors with bf16 units is bf16 inference,
 which would move z_0 far beyond fp32 tolerances; the hint is set to f32 explicitly.
@@ -42,11 +44,13 @@ class _PassWithConstants(nn.Module):
         self.timesteps, self.timestep_embeddings = timesteps, timestep_embeddings
         self.coeffs, self.decode, self.guidance_scale, self.added_keys = coeffs, decode, guidance_scale, added_keys
 
-    def forward(self, latents: torch.Tensor, text: torch.Tensor, *added: torch.Tensor) -> torch.Tensor:
-        added_kwargs = dict(zip(self.added_keys, added)) if self.added_keys else None
+    def forward(self, latents: torch.Tensor, text: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """rest: the added conditions in added_keys' order, then the guidance scale when it is
+        an input (a tensor) rather than a constant."""
+        added_kwargs = dict(zip(self.added_keys, rest)) if self.added_keys else None
+        scale = rest[len(self.added_keys)] if len(rest) > len(self.added_keys) else self.guidance_scale
         return self.one_pass(
-            latents, text, self.timesteps, self.timestep_embeddings, self.coeffs, self.decode,
-            self.guidance_scale, added_kwargs,
+            latents, text, self.timesteps, self.timestep_embeddings, self.coeffs, self.decode, scale, added_kwargs,
         )
 
 
@@ -69,7 +73,10 @@ class OpenVINOPass:
                  added_cond_kwargs=None) -> torch.Tensor:
         added_keys = tuple(sorted(added_cond_kwargs or {}))
         inputs = (latents, text, *(added_cond_kwargs[k] for k in added_keys))
-        for name, tensor in zip(("latents", "text", *added_keys), inputs):
+        scale_input = isinstance(guidance_scale, torch.Tensor)
+        if scale_input:
+            inputs += (guidance_scale,)
+        for name, tensor in zip(("latents", "text", *added_keys, "guidance_scale"), inputs):
             if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
                 raise ValueError(
                     f"backend='openvino': runs fp32 CPU pipelines only; {name} is {tensor.dtype} on "
@@ -77,12 +84,13 @@ class OpenVINOPass:
                 )
         key = (
             tuple((tuple(t.shape), t.dtype) for t in inputs), tuple(timesteps.tolist()), tuple(coeffs), decode,
-            guidance_scale, added_keys,
+            "input" if scale_input else guidance_scale, added_keys,
         )
         request = self._requests.get(key)
         if request is None:
             fixed = _PassWithConstants(
-                self.one_pass, timesteps, timestep_embeddings, coeffs, decode, guidance_scale, added_keys
+                self.one_pass, timesteps, timestep_embeddings, coeffs, decode, None if scale_input else guidance_scale,
+                added_keys,
             )
             request = self._requests[key] = self._compile(fixed, inputs)
         result = request.infer([t.contiguous().numpy() for t in inputs])

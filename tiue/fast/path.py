@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ import torch
 
 from tiue.fast.fusion import fuse_projections, unfuse_projections
 from tiue.fast.graphs import GraphCache, GraphKey
+from tiue.fast.weight_watch import WeightWatch
 from tiue.loopfree import OnePass
 
-__all__ = ["BACKENDS", "FastPath", "FastPathStats", "check_backend", "check_compile_mode", "default_backend"]
+__all__ = [
+    "BACKENDS", "MAX_SIGNATURES", "FastPath", "FastPathStats", "check_backend", "check_compile_mode", "default_backend",
+]
 
 _log = logging.getLogger("tiue.fast")
 
@@ -31,6 +35,32 @@ def check_compile_mode(compile_mode: str | None, cuda_graphs: bool) -> None:
 
 
 BACKENDS = ("inductor", "openvino")
+
+# How many input signatures one fast path compiles (and captures) before it refuses a new one. A
+# signature is what the compiled pass is specialised to: the shapes and dtypes of the latents and
+# text (batch, height, width), K with its timesteps and coefficients, decode or not, guided or not,
+# SDXL's added conditions, and (without CUDA graphs) whether the call runs in inference mode.
+# Values that change per call (the guidance scale, the text, the noise) are tensors, not part of it.
+MAX_SIGNATURES = 32
+# Dynamo's own recompile limits, per function and in all, while the fast path compiles: high enough
+# that its bound (max_signatures) is the one that applies, not dynamo's default of 8 per function,
+# which fullgraph=True turns into a hard failure.
+_DYNAMO_LIMITS = {"recompile_limit": 1024, "accumulated_recompile_limit": 4096}
+
+
+def check_max_signatures(max_signatures) -> None:
+    if isinstance(max_signatures, bool) or not isinstance(max_signatures, int) or max_signatures < 1:
+        raise ValueError(f"max_signatures: expected a positive integer, got {max_signatures!r}")
+
+
+@contextlib.contextmanager
+def dynamo_room():
+    """Lift dynamo's recompile limits to _DYNAMO_LIMITS (never lower them) for the block."""
+    from torch._dynamo import config
+
+    limits = {name: max(value, getattr(config, name)) for name, value in _DYNAMO_LIMITS.items()}
+    with config.patch(**limits):
+        yield
 
 
 def default_backend(device, dtype, compile, compile_mode, freeze_weights, cuda_graphs) -> str:
@@ -94,11 +124,13 @@ class FastPath:
             constants as with freeze_weights; channels_last, compile_mode and freeze_weights do
             not apply to it). None picks "openvino" for a compiled fp32 CPU pass with inductor's
             defaults when the openvino package is installed (it is faster there), else "inductor".
+        max_signatures: how many input signatures (see MAX_SIGNATURES) it compiles and captures;
+            a call with one more raises instead of growing compiled code and graphs without end.
     """
 
     def __init__(
         self, tiue_unet, vae, compile=True, cuda_graphs=None, fuse_qkv=True, channels_last=True, compile_mode=None,
-        freeze_weights=False, backend=None,
+        freeze_weights=False, backend=None, max_signatures=MAX_SIGNATURES,
     ):
         from tiue.attention import TiUECrossAttnProcessor
 
@@ -119,6 +151,8 @@ class FastPath:
             )
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs: True needs the pipeline on a CUDA device, it is on {device}")
+        check_max_signatures(max_signatures)
+        self.max_signatures = max_signatures
         self.tiue_unet, self.unet, self.vae = tiue_unet, unet, vae
         self.stats = FastPathStats()
         self.channels_last = channels_last
@@ -145,6 +179,8 @@ class FastPath:
         self._compiled = compile or backend == "openvino"
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
+        # Only captured graphs bake weight addresses in; compiled code reads the live tensors.
+        self._weights = WeightWatch((unet, vae)) if cuda_graphs else None
         # (timesteps, dtype, device) -> (the timesteps on the device, the K decoders' embeddings)
         self._step_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -162,8 +198,10 @@ class FastPath:
         (timesteps, dtype, device): later calls copy nothing to the device and read nothing back."""
         key = (timesteps, dtype, str(device))
         if key not in self._step_constants:
-            steps = torch.tensor(timesteps, device=device)
-            with torch.no_grad():
+            # Never inference tensors (a first call in inference mode would make them so): they
+            # are refreshed in place after new weights, and graphs are captured reading them.
+            with torch.inference_mode(False), torch.no_grad():
+                steps = torch.tensor(timesteps, device=device)
                 emb = self.tiue_unet.time_embedding(steps, dtype)
             self._step_constants[key] = (steps, emb)
         return self._step_constants[key]
@@ -174,15 +212,6 @@ class FastPath:
         for (_, dtype, _), (steps, emb) in self._step_constants.items():
             emb.copy_(self.tiue_unet.time_embedding(steps, dtype))
 
-    def weights_fingerprint(self) -> tuple:
-        """Where every UNet and VAE parameter and buffer lives, and how it is laid out: what a
-        captured graph has baked in. About a microsecond per tensor, once per call."""
-        return tuple(
-            (t.data_ptr(), t.stride())
-            for model in (self.unet, self.vae)
-            for t in (*model.parameters(), *model.buffers())
-        )
-
     # -- running -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -190,7 +219,10 @@ class FastPath:
         self, latents, text, timesteps, coeffs, decode: bool, guidance_scale: float | None = None,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if self.graphs.use_cuda_graphs and self.graphs.check_fingerprint(self.weights_fingerprint()):
+        # moved() first: it also takes the new storage as the norm for the next call.
+        if self._weights is not None and self._weights.moved() and len(self.graphs) > 0:
+            self.graphs.clear()
+            self.graphs.stale_drops += 1
             self.stats.stale_drops += 1
             self._step_constants.clear()
             self._seen.clear()
@@ -206,17 +238,32 @@ class FastPath:
         # SDXL's added conditions are per-call inputs like the text (graph inputs, not constants).
         added_keys = tuple(sorted(added_cond_kwargs or {}))
         inputs = (latents, text, *(added_cond_kwargs[k] for k in added_keys))
-        key = GraphKey.of(inputs, extra=(step_key, coeffs, decode, guidance_scale, added_keys))
+        guided = guidance_scale is not None
+        if guided:
+            # A tensor input, so that a new scale runs the same compiled code and graph.
+            inputs += (torch.full((), float(guidance_scale), dtype=torch.float32, device=latents.device),)
+        # Graphs are captured outside inference mode and serve calls in it too; compiled code
+        # without graphs is specialised to it (its inputs are inference tensors there).
+        inference = None if self.graphs.use_cuda_graphs else torch.is_inference_mode_enabled()
+        key = GraphKey.of(inputs, extra=(step_key, coeffs, decode, guided, added_keys, inference))
 
-        def one_pass(latents, text, *added):
-            added_kwargs = dict(zip(added_keys, added)) if added_keys else None
-            return self._run(latents, text, timesteps, temb, coeffs, decode, guidance_scale, added_kwargs)
+        def one_pass(latents, text, *rest):
+            added_kwargs = dict(zip(added_keys, rest)) if added_keys else None
+            scale = rest[len(added_keys)] if guided else None
+            return self._run(latents, text, timesteps, temb, coeffs, decode, scale, added_kwargs)
 
         first_time = key not in self._seen
+        if first_time and (self._compiled or self.graphs.use_cuda_graphs) and len(self._seen) >= self.max_signatures:
+            raise RuntimeError(
+                f"fast path: already compiled for max_signatures={self.max_signatures} input signatures "
+                f"(batch, size, K, dtype, decode, guided or not); this call needs another ({_describe(key)}). "
+                "Pass a larger max_signatures to enable_fast_path, or call enable_fast_path() again to start afresh"
+            )
         start = time.perf_counter()
         if self.graphs.use_cuda_graphs:
             captured_before = self.graphs.capture_seconds
-            out = self.graphs.run(key, one_pass, inputs)
+            with dynamo_room() if first_time else contextlib.nullcontext():
+                out = self.graphs.run(key, one_pass, inputs)
             if first_time:
                 self.stats.capture_seconds += self.graphs.capture_seconds - captured_before
                 self.stats.captured_graphs += 1
@@ -224,14 +271,31 @@ class FastPath:
                 self.stats.compile_seconds += max(
                     0.0, time.perf_counter() - start - (self.graphs.capture_seconds - captured_before)
                 )
-        else:
-            out = one_pass(*inputs)
-            if first_time and self._compiled:
+        elif first_time:
+            with dynamo_room():
+                out = one_pass(*inputs)
+            if self._compiled:
                 self.stats.compile_seconds += time.perf_counter() - start
+        else:
+            out = self._call_seen(one_pass, inputs)
         if first_time:
             self._seen.add(key)
             self.stats.compiled_signatures += 1
         return out
+
+    @staticmethod
+    def _call_seen(one_pass, inputs) -> torch.Tensor:
+        """A signature compiled before. Dynamo still recompiles it when its guards fail (weights
+        moved to another device or dtype, autocast turned on): past dynamo's default limit that
+        is a hard failure under fullgraph=True, so it is retried with the fast path's limits. The
+        failure comes before anything runs, so the retry repeats nothing."""
+        from torch._dynamo.exc import FailOnRecompileLimitHit
+
+        try:
+            return one_pass(*inputs)
+        except FailOnRecompileLimitHit:
+            with dynamo_room():
+                return one_pass(*inputs)
 
     def remove(self) -> None:
         """Undo fusion and channels_last; drop compiled code and graphs."""
@@ -251,3 +315,8 @@ def _as_key(timesteps) -> tuple[int, ...]:
     if isinstance(timesteps, torch.Tensor):
         return tuple(int(t) for t in timesteps.tolist())
     return tuple(int(t) for t in timesteps)
+
+
+def _describe(key: GraphKey) -> str:
+    (latents, *_), (steps, *_) = key.shapes, key.extra
+    return f"latents {tuple(latents)}, K={len(steps)}"

@@ -45,7 +45,8 @@ def read_state_dict(source: str | Path | dict, subfolder: str = "unet") -> dict[
 def load_weights_in_place(model: nn.Module, source: str | Path | dict) -> int:
     """Copy every parameter and buffer of `source` into `model`'s tensors; returns the count.
 
-    Keys must match exactly (fused projection layers excepted: they are recomputed).
+    Keys must match exactly (fused projection layers excepted: they are recomputed). Every key,
+    shape and dtype is checked before the first copy, so a bad source leaves the model untouched.
     """
     state = read_state_dict(source)
     derived = fused_parameter_names(model)
@@ -58,12 +59,23 @@ def load_weights_in_place(model: nn.Module, source: str | Path | dict) -> int:
             f"{missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})"
         )
     for key, target in targets.items():
-        value = state[key]
-        if value.shape != target.shape:
-            raise ValueError(
-                f"path_or_state_dict: {key} has shape {tuple(value.shape)}, the model's is "
-                f"{tuple(target.shape)}"
-            )
-        target.copy_(value)
+        _check_value(key, state[key], target)
+    for key, target in targets.items():
+        target.copy_(state[key])
     refresh_fused_projections(model)
     return len(targets)
+
+
+def _check_value(key: str, value, target: torch.Tensor) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"path_or_state_dict: {key} is a {type(value).__name__}, not a tensor")
+    if value.shape != target.shape:
+        raise ValueError(
+            f"path_or_state_dict: {key} has shape {tuple(value.shape)}, the model's is {tuple(target.shape)}"
+        )
+    if value.is_meta:
+        raise ValueError(f"path_or_state_dict: {key} is a meta tensor (it has no values)")
+    # Same kind or a wider one only (float16 into float32 and back is fine; complex into float
+    # would drop the imaginary part, float into an integer buffer would truncate).
+    if not torch.can_cast(value.dtype, target.dtype):
+        raise ValueError(f"path_or_state_dict: {key} is {value.dtype}, which does not cast to the model's {target.dtype}")
