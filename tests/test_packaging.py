@@ -69,6 +69,33 @@ def test_sdist_carries_every_build_input(sdist):
     assert top == f"tiue-{__import__('tiue').__version__}"
 
 
+_SUBPACKAGES_PROBE = textwrap.dedent(
+    """
+    import sys
+    import tiue
+    subpackages = ("ops", "eval", "train", "fast", "world", "data", "testing", "kernels", "cli")
+    eager = [m for m in ("torch", "diffusers", *(f"tiue.{name}" for name in subpackages)) if m in sys.modules]
+    assert not eager, f"import tiue imported {eager}"
+    assert set(subpackages) <= set(dir(tiue))
+    assert "backends" in tiue.ops.backend_info()  # what the README tells a new user to run
+    for name in subpackages:
+        assert getattr(tiue, name) is sys.modules[f"tiue.{name}"], name
+    assert tiue.devices is sys.modules["tiue.devices"]
+    for missing in ("no_such_module", "_C_missing"):
+        assert not hasattr(tiue, missing), missing
+    print("ok")
+    """
+)
+
+
+def test_subpackages_are_attributes_imported_on_first_access():
+    """`import tiue; tiue.ops.backend_info()` works, and `import tiue` alone imports none of them."""
+    result = subprocess.run(
+        [sys.executable, "-c", _SUBPACKAGES_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 # -- the first-use build, its lock and its cache, without a compiler: fake cpp_extension.load --
 
 
