@@ -25,7 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from tiue.arguments import check_call_arguments, check_guidance
 from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, load_weights_in_place
-from tiue.files import write_text_atomically
+from tiue.files import follow_umask, write_text_atomically
 from tiue.latents import vae_scale_factor
 from tiue.loopfree import OnePass
 from tiue.model_card import write_model_card
@@ -152,6 +152,7 @@ class TiUEPipeline(DiffusionPipeline):
         (name, base_model, num_steps, training) over the defaults this pipeline knows.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(*Path(save_directory).glob("*/*.safetensors"))  # safetensors writes them 0600
         index_path = Path(save_directory) / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = self.saved_class_name
