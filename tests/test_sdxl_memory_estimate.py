@@ -1,4 +1,4 @@
-"""benchmarks/sdxl_train_memory.py on a tiny SDXL-shaped UNet: the fake-tensor trace of one
+"""studies/sdxl_train_memory.py on a tiny SDXL-shaped UNet: the fake-tensor trace of one
 training step accounts for exactly the bytes it must (parameters, gradients, Adam state)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sdxl_train_memory.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "sdxl_train_memory.py"
 
 
 @pytest.fixture(scope="module")
