@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "sdxl_train_memory.py
 @pytest.fixture(scope="module")
 def estimate():
     if not SCRIPT.is_file():
-        pytest.skip("benchmarks/ is not part of this checkout")
+        pytest.skip("studies/ is not part of this checkout")
     pytest.importorskip("peft")
     spec = importlib.util.spec_from_file_location("sdxl_train_memory", SCRIPT)
     module = importlib.util.module_from_spec(spec)
