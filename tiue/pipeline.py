@@ -356,7 +356,8 @@ class TiUEPipeline(DiffusionPipeline):
             prompt: one prompt or a list; exclusive with `prompt_embeds`.
             num_inference_steps: K, the decoder steps (loopfree) or scheduler steps (loop).
             height, width: image size in pixels, multiples of the VAE's downsampling factor;
-                default the UNet's sample size times that factor.
+                default the UNet's sample size times that factor. At most 16384, and not below the
+                smallest size the model's GroupNorms take (tiue.model_checks says which).
             num_images_per_prompt: images per prompt (copies of a prompt are adjacent).
             generator: a torch.Generator, or one per image.
             latents: the initial noise z_K, (B, C, height/f, width/f); drawn if None.

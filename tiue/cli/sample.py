@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=4, help="K, the decoder steps (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; prompt p uses seed + p (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
-    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
-    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    parser.add_argument("--height", type=int, help="image height in pixels, at most 16384 (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width in pixels, at most 16384 (default: the model's)")
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance; 1 (default) is none, what distilled students are trained for")
