@@ -37,7 +37,7 @@ def test_images_do_not_depend_on_batch_size(tiny_pipeline_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, argument",
     [
-        (["--height", "30"], "height"),
+        (["--height", "30"], "--height"),
         (["--steps", "0"], "--steps"),
         (["--batch-size", "0"], "--batch-size"),
         (["--prompt-file", "missing.txt"], "--prompt-file"),

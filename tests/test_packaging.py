@@ -69,6 +69,33 @@ def test_sdist_carries_every_build_input(sdist):
     assert top == f"tiue-{__import__('tiue').__version__}"
 
 
+_SUBPACKAGES_PROBE = textwrap.dedent(
+    """
+    import sys
+    import tiue
+    subpackages = ("ops", "eval", "train", "fast", "world", "data", "testing", "kernels", "cli")
+    eager = [m for m in ("torch", "diffusers", *(f"tiue.{name}" for name in subpackages)) if m in sys.modules]
+    assert not eager, f"import tiue imported {eager}"
+    assert set(subpackages) <= set(dir(tiue))
+    assert "backends" in tiue.ops.backend_info()  # what the README tells a new user to run
+    for name in subpackages:
+        assert getattr(tiue, name) is sys.modules[f"tiue.{name}"], name
+    assert tiue.devices is sys.modules["tiue.devices"]
+    for missing in ("no_such_module", "_C_missing"):
+        assert not hasattr(tiue, missing), missing
+    print("ok")
+    """
+)
+
+
+def test_subpackages_are_attributes_imported_on_first_access():
+    """`import tiue; tiue.ops.backend_info()` works, and `import tiue` alone imports none of them."""
+    result = subprocess.run(
+        [sys.executable, "-c", _SUBPACKAGES_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 # -- the first-use build, its lock and its cache, without a compiler: fake cpp_extension.load --
 
 
@@ -112,7 +139,7 @@ def test_first_use_build_publishes_only_a_loaded_module(fake_cache, monkeypatch)
     assert reason is None and len(calls) == 1
     assert all(s.startswith(build_spec.csrc_dir(str(ROOT / "tiue"))) for s in calls[0])
     assert [p for p in fake_cache.iterdir() if p.is_dir()] == [folder]
-    assert sorted(p.name for p in folder.iterdir()) == ["_C.so"]  # objects dropped
+    assert sorted(p.name for p in folder.iterdir()) == ["_C.so", build.RECORD]  # objects dropped
     assert module.__file__ == str(folder / "_C.so")
     assert not list(fake_cache.glob("*.partial-*")) and not stale.exists()
 
@@ -162,6 +189,29 @@ def test_a_broken_cached_module_is_reported_not_raised(fake_cache, monkeypatch):
     build.load("no module named tiue._C")  # publishes a fake module
     module, reason = build.load("no module named tiue._C")
     assert module is None and "failed to load" in reason and "delete the folder" in reason
+
+
+def test_a_truncated_cached_module_is_never_loaded_but_built_again(fake_cache, monkeypatch, capsys):
+    """A cached module cut short (full disk, a copy cut off) would crash the process with SIGBUS
+    when loaded: it is compared with its build's record first, discarded and rebuilt."""
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", _fake_load("ok", calls))
+    build.load("no module named tiue._C")
+    folder = build.cache_folder(with_cuda=False)
+    module_file = folder / "_C.so"
+    module_file.write_bytes(module_file.read_bytes()[:4])
+    module, reason = build.load("no module named tiue._C", build=False)  # what `tiue info` does
+    assert module is None and "is damaged (_C.so has 4 bytes" in reason and "rebuilds it" in reason
+    module, reason = build.load("no module named tiue._C")
+    assert reason is None and len(calls) == 2, reason
+    assert "damaged (_C.so has 4 bytes, the build wrote 13)" in capsys.readouterr().err
+    assert module_file.read_bytes() == b"half a module" and not list(fake_cache.glob("*.partial-*"))
+    # A folder from before the record (or with its record lost) is rebuilt too, not loaded.
+    (folder / build.RECORD).unlink()
+    module, reason = build.load("no module named tiue._C")
+    assert reason is None and len(calls) == 3 and (folder / build.RECORD).is_file()
 
 
 def test_unusable_cache_or_missing_ninja_is_a_reason_not_an_exception(fake_cache, monkeypatch, tmp_path):
@@ -270,3 +320,24 @@ def test_installed_sdist_builds_the_kernels_once_on_first_use(venv_without_exten
     info, stderr = _result(_probe(venv, TIUE_NO_JIT_BUILD="1"))
     assert info["backend"] == "torch" and info["location"] is None
     assert "TIUE_NO_JIT_BUILD=1" in info["cpp"] and NOTICE not in stderr
+
+
+@pytest.mark.slow
+def test_a_truncated_cached_build_is_rebuilt_not_loaded(venv_without_extension):
+    """A cached tiue._C cut short (a full disk, a copy cut off): loading it maps pages past the
+    end of the file and the process dies with SIGBUS. It is detected and built again instead."""
+    venv = venv_without_extension
+    info, _ = _result(_probe(venv))  # builds, unless the test above already did
+    module_file = Path(info["location"])
+    data = module_file.read_bytes()
+    # Cut inside the segments the loader maps: loading it as it is dies with SIGBUS (exit -7).
+    module_file.write_bytes(data[:65536])
+
+    process = _probe(venv)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, f"exit {process.returncode}: {stderr[-3000:]}"
+    info = json.loads(stdout.strip().splitlines()[-1])
+    assert info["backend"] == "cpp" and info["error"] < 1e-5, info
+    assert "are damaged" in stderr and stderr.count(NOTICE) == 1, stderr[-3000:]
+    assert Path(info["location"]).stat().st_size == len(data)
+    assert not list((venv["cache"] / "extensions").glob("*.partial-*"))

@@ -1,4 +1,4 @@
-"""benchmarks/sdxl_train_memory.py on a tiny SDXL-shaped UNet: the fake-tensor trace of one
+"""studies/sdxl_train_memory.py on a tiny SDXL-shaped UNet: the fake-tensor trace of one
 training step accounts for exactly the bytes it must (parameters, gradients, Adam state)."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sdxl_train_memory.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "sdxl_train_memory.py"
 
 
 @pytest.fixture(scope="module")
 def estimate():
     if not SCRIPT.is_file():
-        pytest.skip("benchmarks/ is not part of this checkout")
+        pytest.skip("studies/ is not part of this checkout")
     pytest.importorskip("peft")
     spec = importlib.util.spec_from_file_location("sdxl_train_memory", SCRIPT)
     module = importlib.util.module_from_spec(spec)

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_call_arguments", "check_choice", "check_guidance", "check_positive_int"]
+__all__ = [
+    "check_call_arguments", "check_choice", "check_guidance", "check_positive_int", "check_prompt_list", "check_seed",
+]
+
+# torch.Generator.manual_seed's inclusive range
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 def check_choice(name: str, value, choices: Sequence) -> None:
@@ -20,6 +25,26 @@ def check_positive_int(name: str, value, maximum: int | None = None) -> None:
     if value < 1 or (maximum is not None and value > maximum):
         bound = f"1 <= {name} <= {maximum}" if maximum is not None else f"{name} >= 1"
         raise ValueError(f"{name}: expected {bound}, got {value}")
+
+
+def check_prompt_list(name: str, prompt) -> list[str]:
+    """A prompt or a non-empty list of prompts, as a list."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+        raise TypeError(f"{name}: expected a string or a list of strings, got {prompt!r:.80}")
+    if len(prompt) == 0:
+        raise ValueError(f"{name}: got an empty list; pass at least one prompt")
+    return list(prompt)
+
+
+def check_seed(name: str, seed) -> int:
+    """An int that torch.Generator.manual_seed takes (a string or a float is refused, not parsed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name}: expected an int, got {type(seed).__name__} {seed!r:.80}")
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"{name}: expected -2**63 <= {name} <= 2**64 - 1 (torch's seeds), got {seed}")
+    return seed
 
 
 def _prompt_count(prompt, prompt_embeds, text_width: int | None = None) -> int:

@@ -12,6 +12,11 @@ while others wait on a file lock. The build runs in a scratch folder that is ren
 only once the module has loaded, so a killed build never leaves a module that a later process
 would load. A failed build leaves <folder>.failed (its log), so later processes do not retry it
 on every start; delete that file to retry. TIUE_NO_JIT_BUILD=1 turns all of this off.
+
+The published folder also holds module.json: the module's file name, size and SHA-256, written
+before the folder is published. A module that no longer matches it (truncated by a full disk or a
+copy cut short, which would crash the process with SIGBUS when loaded) is never loaded: it is
+discarded and built again, as is a folder without the record.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import glob
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -39,6 +45,7 @@ NO_BUILD_ENV = "TIUE_NO_JIT_BUILD"
 # took 41 s for 3 files, C++ and CUDA on 16 cores 19 s for 6. Said in the notice so that nobody
 # takes the wait for a hang.
 SECONDS_PER_FILE = 20
+RECORD = "module.json"  # what a complete build's module is: file name, size, SHA-256
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -106,9 +113,12 @@ def _load_variant(
 ) -> tuple[ModuleType | None, str | None]:
     """(module, None) when `folder` holds a build or one was just made, else (None, failure)."""
     failed_log = folder.with_name(folder.name + ".failed")
-    if folder.is_dir():
+    damage = _damage(folder) if folder.is_dir() else None
+    if folder.is_dir() and damage is None:
         return _import_built(folder)
-    if failed_log.exists():
+    if damage is not None and not build:
+        return None, f"the tiue._C cached in {folder} is damaged ({damage}); the next op call rebuilds it"
+    if damage is None and failed_log.exists():
         return None, (
             f"building tiue._C on first use failed earlier (log: {failed_log}); delete that file "
             "to try again"
@@ -121,8 +131,14 @@ def _load_variant(
         return None, "building tiue._C on first use needs ninja: `pip install ninja`"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _lock(folder.with_name(folder.name + ".lock")):
-        if folder.is_dir():  # another process built it while this one waited
-            return _import_built(folder)
+        if folder.is_dir():
+            damage = _damage(folder)
+            if damage is None:  # another process built it while this one waited
+                return _import_built(folder)
+            print(f"tiue: the cached C++ kernels in {folder} are damaged ({damage}); building them again",
+                  file=sys.stderr, flush=True)
+            discarded = folder.with_name(f"{folder.name}.partial-damaged-{os.getpid()}")
+            os.replace(folder, discarded)  # never loaded: removed with the other leftovers below
         for stale in glob.glob(str(folder) + ".partial-*"):  # left by killed builds
             shutil.rmtree(stale, ignore_errors=True)
         return _build(folder, failed_log, csrc, with_cuda, why_cuda)
@@ -171,6 +187,7 @@ def _build(
         for path in scratch.iterdir():  # objects and ninja files: only the module is kept
             if path.name != os.path.basename(module.__file__):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+        _record(scratch / os.path.basename(module.__file__))
         scratch.rename(folder)  # the atomic step: the folder exists only with a loaded module
     except BaseException as error:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -187,15 +204,48 @@ def _build(
     return module, None
 
 
-def _import_built(folder: Path) -> tuple[ModuleType | None, str | None]:
-    """Import the module in a published cache folder as tiue._C."""
-    built = sorted(folder.glob("_C*.so")) + sorted(folder.glob("_C*.pyd"))
-    if not built:
-        return None, f"{folder} holds no built module; delete it to rebuild"
-    # The module's init function is named after its file (_C, or _C_v1 after a rebuild in-process).
-    name = "tiue." + built[0].name.split(".")[0]
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(module_file: Path) -> None:
+    """Write module.json beside a built module (before its folder is published)."""
+    record = {"file": module_file.name, "size": module_file.stat().st_size, "sha256": _file_digest(module_file)}
+    (module_file.parent / RECORD).write_text(json.dumps(record) + "\n")
+
+
+def _damage(folder: Path) -> str | None:
+    """Why the module in a published folder must not be loaded, None when it matches its record.
+    Loading a truncated module maps pages past its end: the process dies with SIGBUS."""
     try:
-        spec = importlib.util.spec_from_file_location(name, built[0])
+        record = json.loads((folder / RECORD).read_text())
+        module_file = folder / record["file"]
+        size, expected = int(record["size"]), str(record["sha256"])
+    except FileNotFoundError:
+        return f"no {RECORD}: not a complete build of this tiue"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"unreadable {RECORD}: {error}"
+    if os.path.basename(record["file"]) != record["file"] or not module_file.is_file():
+        return f"{record['file']} is missing"
+    actual = module_file.stat().st_size
+    if actual != size:
+        return f"{module_file.name} has {actual} bytes, the build wrote {size}"
+    if _file_digest(module_file) != expected:
+        return f"{module_file.name} differs from the build's (SHA-256)"
+    return None
+
+
+def _import_built(folder: Path) -> tuple[ModuleType | None, str | None]:
+    """Import the module in a published cache folder (checked against its record) as tiue._C."""
+    module_file = folder / json.loads((folder / RECORD).read_text())["file"]
+    # The module's init function is named after its file (_C, or _C_v1 after a rebuild in-process).
+    name = "tiue." + module_file.name.split(".")[0]
+    try:
+        spec = importlib.util.spec_from_file_location(name, module_file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except (ImportError, OSError) as error:

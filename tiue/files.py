@@ -8,7 +8,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_text_atomically", "atomic_path", "atomic_directory", "check_writable_folder"]
+__all__ = [
+    "write_text_atomically", "atomic_path", "atomic_directory", "check_writable_folder", "follow_umask",
+]
 
 
 def _umask() -> int:
@@ -23,6 +25,25 @@ def _follow_umask(path: str | Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def follow_umask(*paths: str | Path) -> None:
+    """Give `paths` and everything under them the umask's modes (files keep an executable bit).
+
+    Some writers create private files whatever the umask: safetensors' save_file (which diffusers'
+    save_pretrained calls) writes every weight file 0600. Run on what tiue itself just wrote.
+    """
+    mask = _umask()
+    for root in map(Path, paths):
+        entries = [root, *root.rglob("*")] if root.is_dir() else [root]
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                os.chmod(entry, 0o777 & ~mask)
+            elif entry.is_file():
+                executable = os.stat(entry).st_mode & 0o111
+                os.chmod(entry, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -33,6 +54,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
     _follow_umask(tmp, directory=False)
     try:
         yield Path(tmp)
+        _follow_umask(tmp, directory=False)  # the block may have replaced the file (safetensors does)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -57,6 +79,7 @@ def atomic_directory(path: str | Path):
     _follow_umask(tmp, directory=True)
     try:
         yield tmp
+        follow_umask(tmp)  # weights written inside come out 0600 (see follow_umask)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / path.name)

@@ -22,13 +22,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from tiue.arguments import check_call_arguments, check_guidance
+from tiue.arguments import check_call_arguments, check_guidance, check_positive_int, check_prompt_list
 from tiue.embedded import resolve_model
 from tiue.fast import FastPath, FastPathStats, load_weights_in_place
 from tiue.fast.path import MAX_SIGNATURES
-from tiue.files import write_text_atomically
+from tiue.files import follow_umask, write_text_atomically
 from tiue.latents import vae_scale_factor
 from tiue.loopfree import OnePass
+from tiue.model_checks import check_finite_output, check_model_folder, check_pipeline_size
 from tiue.model_card import write_model_card
 from tiue.schedule import (
     TIMESTEP_SPACINGS,
@@ -141,7 +142,9 @@ class TiUEPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a hub id, a local SD 1.x / 2.x pipeline folder, or an embedded model by name
         (see `tiue.embedded`). Accepts diffusers' from_pretrained keyword arguments."""
-        return super().from_pretrained(resolve_model(str(pretrained_model_name_or_path)), **kwargs)
+        folder = resolve_model(str(pretrained_model_name_or_path))
+        check_model_folder(folder)  # a config value that makes no sense: one line naming file and value
+        return super().from_pretrained(folder, **kwargs)
 
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs) -> None:
         """Save a pipeline folder whose model_index.json names TiUEPipeline, with a README.md
@@ -153,6 +156,7 @@ class TiUEPipeline(DiffusionPipeline):
         (name, base_model, num_steps, training) over the defaults this pipeline knows.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(*Path(save_directory).glob("*/*.safetensors"))  # safetensors writes them 0600
         index_path = Path(save_directory) / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = self.saved_class_name
@@ -187,7 +191,8 @@ class TiUEPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
     ) -> torch.Tensor:
         """Text embeddings (len(prompt) * num_images_per_prompt, L, D), each prompt's copies adjacent."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = check_prompt_list("prompt", prompt)
+        check_positive_int("num_images_per_prompt", num_images_per_prompt)
         device = torch.device(device) if device is not None else self._execution_device
         embeds = encode_prompt_embeddings(self.tokenizer, self.text_encoder, prompts, device)
         return embeds.repeat_interleave(num_images_per_prompt, dim=0)
@@ -358,7 +363,8 @@ class TiUEPipeline(DiffusionPipeline):
             prompt: one prompt or a list; exclusive with `prompt_embeds`.
             num_inference_steps: K, the decoder steps (loopfree) or scheduler steps (loop).
             height, width: image size in pixels, multiples of the VAE's downsampling factor;
-                default the UNet's sample size times that factor.
+                default the UNet's sample size times that factor. At most 16384, and not below the
+                smallest size the model's GroupNorms take (tiue.model_checks says which).
             num_images_per_prompt: images per prompt (copies of a prompt are adjacent).
             generator: a torch.Generator, or one per image.
             latents: the initial noise z_K, (B, C, height/f, width/f); drawn if None.
@@ -407,6 +413,7 @@ class TiUEPipeline(DiffusionPipeline):
             image = self._sample_loop(latents, text, num_steps, guidance_scale, generator, added_cond_kwargs)
             if decode:
                 image = self.vae.decode(image.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        check_finite_output(image, "images" if decode else "latents")  # never a black PNG from NaN
         if decode:
             image = self.image_processor.postprocess(
                 image, output_type=output_type, do_denormalize=[True] * image.shape[0]
@@ -444,6 +451,7 @@ class TiUEPipeline(DiffusionPipeline):
                        batch_size // num_images_per_prompt, prompt_embeds)
         if mode == "loop":  # the loop-free pass checks its timesteps where its coefficients are made
             ddim_timesteps(as_ddim_scheduler(self.scheduler), num_inference_steps)
+        check_pipeline_size(self, height, width, batch_size, num_inference_steps, guidance_scale > 1, mode, output_type)
         return batch_size
 
     def _text_embeddings(self, prompt, prompt_embeds, device, copies: int) -> torch.Tensor:

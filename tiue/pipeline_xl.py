@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from tiue.arguments import check_prompt_list
 from tiue.pipeline import TiUEPipeline, TiUEPipelineOutput
 from tiue.text import tokenize_prompts
 
@@ -162,7 +163,7 @@ class TiUEXLPipeline(TiUEPipeline):
         """(prompt_embeds (N, L, D), pooled_prompt_embeds (N, P)), N = len(prompt) *
         num_images_per_prompt, each prompt's copies adjacent; `prompt_2` (default `prompt`)
         goes to the second encoder."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = check_prompt_list("prompt", prompt)
         prompts_2 = _as_prompt_list("prompt_2", prompt_2, prompts)
         device = torch.device(device) if device is not None else self._execution_device
         embeds, pooled = encode_xl_prompt(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from tiue.arguments import check_seed
 from tiue.devices import resolve_device, resolve_dtype
 from tiue.embedded import default_model
 
@@ -80,6 +81,10 @@ def sample(
             each new shape pays the compile.
         **pipeline_kwargs: passed to the pipeline's `__call__` (num_inference_steps, height, ...).
     """
+    if seed is not None:  # before the model loads
+        check_seed("seed", seed)
+        if "generator" in pipeline_kwargs:
+            raise ValueError("seed, generator: pass one of them, not both")
     if model is None:
         model = default_model()
         if model is None:
@@ -89,7 +94,5 @@ def sample(
             )
     pipe = load_pipeline(model, device, dtype, fast)
     if seed is not None:
-        if "generator" in pipeline_kwargs:
-            raise ValueError("seed, generator: pass one of them, not both")
         pipeline_kwargs["generator"] = torch.Generator(pipe.device).manual_seed(seed)
     return pipe(prompt, **pipeline_kwargs).images

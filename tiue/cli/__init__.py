@@ -80,13 +80,24 @@ def quiet_known_notices() -> None:
             logger.addFilter(_DropNotice(text))
 
 
+def _user_error(error: Exception) -> bool:
+    """Errors a command reports as one line: bad input, unusable files or models, a model that
+    produced NaN (FloatingPointError), a kernel backend TIUE_KERNELS forces that cannot run here."""
+    if isinstance(error, (CommandError, ValueError, TypeError, OSError, NotImplementedError, FloatingPointError)):
+        return True
+    dispatch = sys.modules.get("tiue.ops.dispatch")  # loaded if an op ran: no import just for this
+    return dispatch is not None and isinstance(error, dispatch.BackendUnavailableError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command(argv)).parse_args(argv)
     quiet_known_notices()
     try:
         args._run(args)
-    except (CommandError, ValueError, TypeError, OSError, NotImplementedError) as error:
+    except Exception as error:
+        if not _user_error(error):
+            raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"tiue {args.command}: error: {message}", file=sys.stderr)
         return 1

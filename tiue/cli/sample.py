@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=4, help="K, the decoder steps (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; prompt p uses seed + p (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
-    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
-    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    parser.add_argument("--height", type=int, help="image height in pixels, at most 16384 (default: the model's)")
+    parser.add_argument("--width", type=int, help="image width in pixels, at most 16384 (default: the model's)")
     parser.add_argument("--mode", choices=("loopfree", "loop"), default="loopfree", help="sampling mode")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance; 1 (default) is none, what distilled students are trained for")
@@ -77,6 +77,26 @@ def check_steps(pipe, steps: int) -> None:
         ddim_timesteps(pipe.scheduler, steps)
     except ValueError as error:
         raise ValueError(f"--steps: {error}") from None
+
+
+def check_size(pipe, args: argparse.Namespace, images: int) -> None:
+    """--height/--width against the model, before any image is sampled: not below the smallest
+    size its GroupNorms take, nor past what the device's memory can hold for one batch."""
+    from tiue.model_checks import check_pipeline_size
+
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = args.height or default, args.width or default
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and (value < 1 or value % pipe.vae_scale_factor):
+            raise ValueError(
+                f"{flag}: expected a positive multiple of {pipe.vae_scale_factor} (the VAE's downsampling factor), got {value}"
+            )
+    try:
+        check_pipeline_size(pipe, height, width, images, args.steps, args.guidance_scale > 1, args.mode, "pil")
+    except ValueError as error:  # "height: ..." / "height, width: ..." -> the flags' names
+        names, _, rest = str(error).partition(": ")
+        flags = ", ".join("--" + name for name in names.split(", "))
+        raise ValueError(f"{flags}: {rest}") from None
 
 
 def check_device_flags(device, dtype) -> None:
@@ -127,6 +147,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"tiue sample: warning: {warning}", file=sys.stderr)
     pipe = load_pipeline(model, args.device, args.dtype, args.fast).with_timestep_spacing(args.timestep_spacing)
     check_steps(pipe, args.steps)
+    check_size(pipe, args, min(args.batch_size, len(prompts)))
     group = ProcessGroup.from_environment()
     try:
         _sample_shard(pipe, prompts, group, args)

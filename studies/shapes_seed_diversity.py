@@ -1,6 +1,6 @@
 """How much a shapes model's images change with the seed, for the same caption.
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes_seed_diversity.py MODEL[:STEPS[:loop:CFG]] ...
+    OMP_NUM_THREADS=1 python studies/shapes_seed_diversity.py MODEL[:STEPS[:loop:CFG]] ...
 
 For each of the page's four grid captions, 16 seeds: the mean over pixels of the per-pixel
 standard deviation across seeds (0-255 scale), averaged over the captions, and the share of

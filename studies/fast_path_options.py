@@ -1,7 +1,7 @@
 """The fast path's compile options against the paper's way on CPU (the small benchmark scale).
 
-    OMP_NUM_THREADS=1 python benchmarks/fast_path_options.py eager
-    OMP_NUM_THREADS=1 python benchmarks/fast_path_options.py fast [freeze] [cppwrap] [nocl]
+    OMP_NUM_THREADS=1 python studies/fast_path_options.py eager
+    OMP_NUM_THREADS=1 python studies/fast_path_options.py fast [freeze] [cppwrap] [nocl]
 
 One variant per process (inductor's options are process-wide): builds the small SD-shaped models,
 checks the sampler's z_0 against the paper's way, then times the two in alternation (9 paired
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the suite's e2e package
 
 
 def main(flags: list[str]) -> None:

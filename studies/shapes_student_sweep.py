@@ -7,9 +7,9 @@ then `tiue eval` it at N = 256 and measure its seed diversity. A variant with a 
 is one run, measured at each.
 Lanes run side by side on a 2-core machine, one thread each:
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes_student_sweep.py --only base leading K2
-    OMP_NUM_THREADS=1 python benchmarks/shapes_student_sweep.py --only cfg1.5 kl1 K8
-    python benchmarks/shapes_student_sweep.py --table      # the results so far, as markdown
+    OMP_NUM_THREADS=1 python studies/shapes_student_sweep.py --only base leading K2
+    OMP_NUM_THREADS=1 python studies/shapes_student_sweep.py --only cfg1.5 kl1 K8
+    python studies/shapes_student_sweep.py --table      # the results so far, as markdown
 
 Runs go to runs/sweep/NAME, results to runs/sweep/NAME/eval.json and diversity.json.
 """
@@ -123,7 +123,7 @@ def train_and_measure(out: Path, settings: dict, max_steps: int, suffix: str) ->
         run(["tiue", "eval", "--model", str(final), "--steps", steps, "--num-images", "256", "--threads", "1",
              "--no-progress", "--json", str(out / f"eval{suffix}.json")], log)
     if not (out / f"diversity{suffix}.json").is_file():
-        sys.path.insert(0, str(REPO / "benchmarks"))
+        sys.path.insert(0, str(REPO / "studies"))
         from shapes_seed_diversity import diversity
 
         std, near_copies = diversity(str(final), int(steps), "loopfree", None)

@@ -1,6 +1,6 @@
 """Does a shapes teacher draw the captioned background, or the one its starting noise suggests?
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes_background_probe.py MODEL [--steps 25] [--mean-free-noise]
+    OMP_NUM_THREADS=1 python studies/shapes_background_probe.py MODEL [--steps 25] [--mean-free-noise]
 
 Samples six captions that name six different backgrounds ("a red circle on a blue background",
 ...) with the same 32 starting noises each (DDIM loop, CFG 3) and reads each image's background

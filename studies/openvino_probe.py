@@ -1,6 +1,6 @@
 """OpenVINO (fp32) against the paper's way and tiue's own paths, UNet part only, on CPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/openvino_probe.py [BATCH ...]
+    OMP_NUM_THREADS=1 python studies/openvino_probe.py [BATCH ...]
 
 Builds the small SD-shaped benchmark models, converts tiue's one pass (the TiUEUNet forward with
 diffusers' standard attention, then the loop-free combination as an einsum: plain PyTorch ops
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the suite's e2e package
 
 STEPS = 4
 

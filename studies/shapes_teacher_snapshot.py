@@ -2,7 +2,7 @@
 checkpoint (of the fine-tuning stage once that has begun), for probing distillation settings
 before the teacher finishes.
 
-    python benchmarks/shapes_teacher_snapshot.py runs/shapes-teacher runs/teacher-snapshot/final
+    python studies/shapes_teacher_snapshot.py runs/shapes-teacher runs/teacher-snapshot/final
     tiue train --config configs/shapes-tiue.yaml --teacher runs/teacher-snapshot/final --max-steps 600 ...
 
 The recipe's VAE stage must have finished (its checkpoint is marked finished).

@@ -11,7 +11,7 @@ no-grad pass over 4B rows with per-sample adapters) -> backward; the LoRA loss o
 -> backward; clip_grad_norm_ of both; both Adam steps; EMA update; zero_grad(set_to_none).
 Resident but outside autograd: the two SDXL text encoders (bf16) and the VAE (fp32).
 
-    OMP_NUM_THREADS=1 python benchmarks/sdxl_train_memory.py [--out benchmarks/results/sdxl-train-memory.md]
+    OMP_NUM_THREADS=1 python studies/sdxl_train_memory.py [--out studies/results/sdxl-train-memory.md]
 
 Not included: the CUDA context (~0.5-1 GiB per process), cuBLAS/cuDNN workspaces, allocator
 fragmentation and caching slack, NCCL buffers; DDP's gradient buckets are added as a computed line.
@@ -33,7 +33,7 @@ GIB = 2**30
 # disables itself, so the trace runs on a fake "cpu" device with CPU bf16 autocast.
 DEVICE = "cpu"
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the e2e package beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the suite's e2e package
 
 # The SDXL-base 1.0 shapes the end-to-end suite's "sdxl" scale builds, and SD's DDPM schedule
 # (SDXL's is the same: scaled_linear, 0.00085 to 0.012).
@@ -288,11 +288,11 @@ def category(snap: dict, name: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/sdxl-train-memory.md")
+    parser.add_argument("--out", default="studies/results/sdxl-train-memory.md")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--num-steps", type=int, default=4)
     args = parser.parse_args(argv)
-    command = "OMP_NUM_THREADS=1 python benchmarks/sdxl_train_memory.py" + (
+    command = "OMP_NUM_THREADS=1 python studies/sdxl_train_memory.py" + (
         "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
     rows = []
     started = time.perf_counter()
