@@ -29,6 +29,7 @@ def cli_cases(tmp):
         "sample --seed 2**70": (sample + ["--seed", str(2**70)], "--seed"),
         "sample undecodable --prompt-file": (sample + ["--prompt-file", str(tmp / "bad.txt")], "--prompt-file"),
         "sample --out under a file": (sample[:-1] + [str(tmp / "a-file" / "out")], "--out"),
+        "sample --model ''": (["sample", "--model", "", "--prompt", "a red circle", "--out", out], "--model"),
         "train fp16 on a CPU": (train + ["--mixed-precision", "fp16"], "--mixed-precision"),
         "train --seed 2**70": (train + ["--seed", str(2**70)], "--seed"),
         "train undecodable --captions": (train[:4] + [str(tmp / "bad.txt")] + train[5:], "--captions"),
@@ -243,6 +244,14 @@ def test_sample_seed_names_the_argument_before_the_model_loads(seed, error_type,
     with pytest.raises(error_type) as error:
         tiue.sample("a cat", model="/no/such/model", seed=seed)  # the model is never looked at
     assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_sample_refuses_an_empty_model_name_instead_of_the_default():
+    import tiue
+
+    with pytest.raises(ValueError) as error:
+        tiue.sample("a cat", model="")
+    assert str(error.value).startswith("model: got an empty string"), str(error.value)
 
 
 @pytest.mark.parametrize("prompt, error_type, expected", [

@@ -10,7 +10,7 @@ import torch
 
 from tiue.arguments import check_seed
 from tiue.devices import resolve_device, resolve_dtype
-from tiue.embedded import default_model
+from tiue.embedded import model_or_default
 
 __all__ = ["clear_pipeline_cache", "load_pipeline", "pipeline_class_for", "sample"]
 
@@ -85,13 +85,7 @@ def sample(
         check_seed("seed", seed)
         if "generator" in pipeline_kwargs:
             raise ValueError("seed, generator: pass one of them, not both")
-    if model is None:
-        model = default_model()
-        if model is None:
-            raise ValueError(
-                "model: required (this installation has no embedded default model); pass a hub "
-                "id such as 'senmaonk/loopfree-sd2.1-base' or a local pipeline folder"
-            )
+    model = model_or_default(model, "model")
     pipe = load_pipeline(model, device, dtype, fast)
     if seed is not None:
         pipeline_kwargs["generator"] = torch.Generator(pipe.device).manual_seed(seed)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tiue.devices import DTYPE_NAMES
-from tiue.embedded import default_model
+from tiue.embedded import model_or_default
 from tiue.eval.sharding import ProcessGroup
 from tiue.files import atomic_path, check_writable_folder
 from tiue.images import make_grid
@@ -136,9 +136,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--guidance-scale: expected a finite number >= 0 (1 = no guidance), got {args.guidance_scale}")
     check_device_flags(args.device, args.dtype)
     check_writable_folder("--out", args.out)
-    model = args.model or default_model()
-    if model is None:
-        raise ValueError("--model: required (this installation has no embedded default model)")
+    model = model_or_default(args.model)
     if args.mode == "loopfree":
         from tiue.students import not_a_student_warning
 

@@ -57,7 +57,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from tiue.cli.sample import check_device_flags
-    from tiue.embedded import default_model
+    from tiue.embedded import model_or_default
 
     _check_flags(args)
     try:
@@ -67,9 +67,7 @@ def run(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise ValueError(f"tiue serve needs gradio ({error.name} is missing): pip install \"tiue[serve]\"") from None
     check_device_flags(args.device, args.dtype)
-    model = args.model or default_model()
-    if model is None:
-        raise ValueError("--model: required (this installation has no embedded default model)")
+    model = model_or_default(args.model)
 
     from tiue.serve.batcher import Batcher
     from tiue.serve.model import ServedModel
