@@ -29,11 +29,17 @@ from tiue.ops.dispatch import (
 __all__ = [
     "BACKWARD_DISPATCHER",
     "DISPATCHER",
+    "BACKWARD_CHUNK_BYTES",
     "SM90_SHARED_MEMORY_BYTES",
     "attention_output_layout",
     "attention_rejection",
+    "backward_chunk_rows",
+    "backward_implementation",
+    "backward_memory_bytes",
     "shared_kv_attention",
+    "shared_kv_attention_backward_chunked",
     "shared_kv_attention_backward_einsum",
+    "shared_kv_attention_backward_flash_cpu",
     "shared_kv_attention_backward_op",
     "shared_kv_attention_backward_sdpa",
     "shared_kv_attention_composite",
@@ -208,13 +214,33 @@ def shared_kv_attention_backward_sdpa(
     out: torch.Tensor,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The plain PyTorch backward: SDPA's own fused backward kernel on the folded layout.
+    """The plain PyTorch backward: backward_implementation(device) of the tensors' device."""
+    return backward_implementation(q.device.type)(grad_out, q, k, v, out, scale)
+
+
+def backward_implementation(device_type: str):
+    """The function the op's backward runs on tensors of `device_type`: SDPA's fused CPU
+    backward on a CPU, the chunked formula elsewhere (CUDA included). Benchmarks label their
+    rows by it, so that two labels never time one code path."""
+    if device_type == "cpu":
+        return shared_kv_attention_backward_flash_cpu
+    return shared_kv_attention_backward_chunked
+
+
+def shared_kv_attention_backward_flash_cpu(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SDPA's own fused CPU backward (flash attention for CPU) on the folded layout.
 
     The K groups fold into the query axis ((K, B, H, N, D) -> (B, H, K*N, D)); dk and dv of the
     folded call are then already summed over the groups. The forward is recomputed to get the
     row log-sum-exp the fused backward needs (as flash attention's backward recomputes its
     blocks), so no (K, B, H, N, M) probability tensor is ever held: memory grows as SDPA's.
-    CPU: the flash-attention-for-CPU kernels; other devices: the einsum backward.
     """
     k_groups, batch, heads, tokens, head_dim = q.shape
 
@@ -224,19 +250,85 @@ def shared_kv_attention_backward_sdpa(
     q_f, grad_f = fold(q), fold(grad_out).to(q.dtype)
     k_c, v_c = k.contiguous(), v.contiguous()
     aten = torch.ops.aten
-    if q.device.type == "cpu":
-        out_f, lse = aten._scaled_dot_product_flash_attention_for_cpu(q_f, k_c, v_c, scale=scale)
-        grad_q, grad_k, grad_v = aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_f, q_f, k_c, v_c, out_f, lse, 0.0, False, scale=scale
-        )
-    else:
-        # CUDA: the einsum backward. Measured on an H200 (SD2.1's 64x64 level, fp32) it takes
-        # 1.7 ms against 4.6 ms for SDPA's fused backward, for 137 MiB against 121 MiB; and this
-        # runs inside a custom op, below autograd, where SDPA's backward cannot be reached
-        # through autograd.grad.
-        return shared_kv_attention_backward_einsum(grad_out, q, k, v, out, scale)
+    out_f, lse = aten._scaled_dot_product_flash_attention_for_cpu(q_f, k_c, v_c, scale=scale)
+    grad_q, grad_k, grad_v = aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad_f, q_f, k_c, v_c, out_f, lse, 0.0, False, scale=scale
+    )
     grad_q = grad_q.reshape(batch, heads, k_groups, tokens, head_dim).permute(2, 0, 1, 3, 4)
     return grad_q.contiguous(), grad_k.contiguous(), grad_v.contiguous()
+
+
+# Bytes of one fp32 (K, B, H, rows, M) block of the chunked backward: it takes as many query rows
+# at a time as fit, so its workspace stays a few such blocks whatever N is.
+BACKWARD_CHUNK_BYTES = 4 * 2**20
+
+
+def backward_chunk_rows(k_groups: int, batch: int, heads: int, tokens: int, keys: int,
+                        chunk_bytes: int = BACKWARD_CHUNK_BYTES) -> int:
+    """Query rows per chunk of shared_kv_attention_backward_chunked (at least 1, at most N)."""
+    per_row = k_groups * batch * heads * keys * 4
+    return max(1, min(tokens, chunk_bytes // per_row))
+
+
+def backward_memory_bytes(shape: tuple[int, ...], dtype: torch.dtype,
+                          chunk_bytes: int = BACKWARD_CHUNK_BYTES) -> dict[str, int]:
+    """What the chunked backward (the CUDA path) allocates, in bytes, from its own chunking rule.
+
+    shape: (K, B, H, N, M, D). "workspace": the bound on the temporaries of one chunk (at most
+    three fp32 (K, B, H, rows, M) blocks: scores or probabilities, their gradient, einsum's
+    transposed copy; and five fp32 (K, B, H, rows, D) blocks: q, dO and O of the chunk, dq's
+    product, einsum's copy) plus the fp32 k, v and dk, dv accumulators; "outputs": dq, dk, dv;
+    "full_probabilities": one fp32 (K, B, H, N, M) tensor, what the unchunked formula holds four
+    of (and what this path never builds).
+    """
+    k_groups, batch, heads, tokens, keys, head_dim = shape
+    rows = backward_chunk_rows(k_groups, batch, heads, tokens, keys, chunk_bytes)
+    element = torch.empty((), dtype=dtype).element_size()
+    lead = k_groups * batch * heads
+    workspace = 4 * (3 * lead * rows * keys + 5 * lead * rows * head_dim + 4 * batch * heads * keys * head_dim)
+    outputs = element * (lead * tokens * head_dim + 2 * batch * heads * keys * head_dim)
+    return dict(rows_per_chunk=rows, workspace=workspace, outputs=outputs,
+                full_probabilities=4 * lead * tokens * keys)
+
+
+def shared_kv_attention_backward_chunked(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    scale: float | None = None,
+    chunk_bytes: int = BACKWARD_CHUNK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """shared_kv_attention_backward_einsum's formula over chunks of query rows.
+
+    Every query row's softmax is its own, so rows can be done a chunk at a time: dq of a chunk is
+    final, dk and dv add up over the chunks. Each chunk holds a few fp32 (K, B, H, rows, M)
+    blocks of about `chunk_bytes`; no (K, B, H, N, M) tensor is ever built.
+    """
+    k_groups, batch, heads, tokens, head_dim = q.shape
+    keys = k.shape[2]
+    scale = head_dim**-0.5 if scale is None else scale
+    acc = accumulation_dtype(q.dtype)
+    k_, v_ = k.to(acc), v.to(acc)
+    grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
+    grad_v = torch.zeros(v.shape, dtype=acc, device=v.device)
+    rows = backward_chunk_rows(k_groups, batch, heads, tokens, keys, chunk_bytes)
+    for start in range(0, tokens, rows):
+        part = slice(start, start + rows)
+        q_c, grad_c, out_c = (t[:, :, :, part].to(acc) for t in (q, grad_out, out))
+        probs = torch.einsum("kbhnd,bhmd->kbhnm", q_c, k_).mul_(scale).softmax(dim=-1)
+        grad_v += torch.einsum("kbhnm,kbhnd->bhmd", probs, grad_c)
+        grad_scores = torch.einsum("kbhnd,bhmd->kbhnm", grad_c, v_)
+        row_dot = (grad_c * out_c).sum(dim=-1, keepdim=True)
+        del out_c
+        grad_scores.sub_(row_dot).mul_(probs).mul_(scale)
+        del probs
+        grad_q[:, :, :, part] = torch.einsum("kbhnm,bhmd->kbhnd", grad_scores, k_)
+        grad_k += torch.einsum("kbhnm,kbhnd->bhmd", grad_scores, q_c)
+        del grad_scores, q_c, grad_c
+    return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 
 def shared_kv_attention_backward_einsum(
