@@ -547,6 +547,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     full = args.full or device.type == "cuda"
     if args.dry_run:
+        from e2e.suite import COMPILE_BACKEND_VAR, use_compile_backend
+
+        use_compile_backend(os.environ.get(COMPILE_BACKEND_VAR))  # dynamo only: no inductor compiles on a CPU
         global STEPS, LATENT, ATTENTION_SIZES, HEAD_DIM, TEXT_TOKENS, TARGET_SECONDS_PER_CASE
         LATENT, ATTENTION_SIZES, HEAD_DIM, TEXT_TOKENS = (4, 8, 8), ((64, 2),), 16, 7
         TARGET_SECONDS_PER_CASE = {"cpu": 0.01, "cuda": 0.01}
