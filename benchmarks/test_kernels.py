@@ -35,6 +35,7 @@ import tiue.ops  # noqa: E402
 from tiue.ops import dispatch  # noqa: E402
 from tiue.ops.ddim_combine import ddim_combine_torch  # noqa: E402
 from tiue.ops.gaussian_kl import gaussian_kl_stats_torch  # noqa: E402
+from tiue.ops.shared_kv_attention import shared_kv_attention_sdpa  # noqa: E402
 
 try:  # the plain runner at the bottom works without pytest
     import pytest
@@ -163,7 +164,11 @@ def _attention_case(batch: int, tokens: int, heads: int, variant: str) -> Case:
         q = q.permute(0, 1, 3, 2, 4)
         k = torch.randn(batch, heads, TEXT_TOKENS, HEAD_DIM, device=device, dtype=dtype)
         v = torch.randn_like(k)
-        fn = _variant_fn(variant, "attention", _eager_attention, tiue.ops.shared_kv_attention)
+        if variant in SDPA_LAYOUTS:  # SDPA on one of the two layouts the op's SDPA backend can take
+            layout = variant.removeprefix("sdpa:")
+            fn = lambda q, k, v: shared_kv_attention_sdpa(q, k, v, None, layout)  # noqa: E731
+        else:
+            fn = _variant_fn(variant, "attention", _eager_attention, tiue.ops.shared_kv_attention)
         flops = 4.0 * STEPS * batch * heads * tokens * TEXT_TOKENS * HEAD_DIM
         return (lambda: fn(q, k, v)), 0.0, flops
 
@@ -172,6 +177,9 @@ def _attention_case(batch: int, tokens: int, heads: int, variant: str) -> Case:
 
 VARIANTS = ("tiue", "eager", "compiled")
 FORCED = ("tiue:triton", "tiue:cuda")  # tiue's op with TIUE_KERNELS forcing one backend
+# Attention only: SDPA with the K groups folded into the query axis (keys and values once, q
+# copied unless B == 1) and with keys and values expanded to the K*B batch.
+SDPA_LAYOUTS = ("sdpa:folded", "sdpa:expanded")
 OPS_BY_BACKEND = {  # which ops each forcible backend implements (tiue.ops.backend_info()["implemented"])
     "triton": ("ddim_combine", "gaussian_kl", "gaussian_kl fwd+bwd", "shared_kv_attention"),
     "cuda": ("ddim_combine", "gaussian_kl", "gaussian_kl fwd+bwd"),
@@ -211,9 +219,10 @@ def cases(device: torch.device, full: bool, forced: tuple[str, ...] | None = Non
             found += [_kl_case(batch, v, backward=False) for v in variants if keep("gaussian_kl", v)]
         for batch in batches:
             found += [_kl_case(batch, v, backward=True) for v in variants if keep("gaussian_kl fwd+bwd", v)]
+        layouts = SDPA_LAYOUTS if "eager" in variants else ()
         for batch in attention_batches:
             for tokens, heads in attention_sizes:
-                found += [_attention_case(batch, tokens, heads, v) for v in variants
+                found += [_attention_case(batch, tokens, heads, v) for v in variants + layouts
                           if keep("shared_kv_attention", v)]
     return found
 

@@ -146,7 +146,7 @@ def check_shared_kv_attention(
 
 
 def shared_kv_attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, layout: str | None = None
 ) -> torch.Tensor:
     """The plain PyTorch backend: one scaled_dot_product_attention call for all K groups.
 
@@ -159,15 +159,17 @@ def shared_kv_attention_sdpa(
       order, while expanding k and v to the K*B batch copies 2*K*M*D values per (b, h) and keeps
       a timestep-major q and the output as views. With M = 77 text tokens that is 2M/N of the q copy (4% at
       N = 4096), so we expand K/V whenever 2*M < N and fold (copying q) otherwise.
+    layout: "folded" or "expanded" takes that way whatever the rule says (the kernel benchmarks
+    time both on a GPU, which decides the rule); None: the rule.
     """
     k_groups, batch, heads, tokens, head_dim = q.shape
     keys = k.shape[2]
 
-    folded = _fold_groups_into_queries(q)
+    folded = _fold_groups_into_queries(q) if layout != "expanded" else None
     if folded is not None:
         result = F.scaled_dot_product_attention(folded, k, v, scale=scale)
         result = result.unflatten(2, (k_groups, tokens)).permute(2, 0, 1, 3, 4)
-    elif 2 * keys < tokens:
+    elif layout == "expanded" or (layout is None and 2 * keys < tokens):
         expanded = (k_groups * batch, heads, keys, head_dim)
         k_rep = k.unsqueeze(0).expand(k_groups, *k.shape).reshape(expanded)
         v_rep = v.unsqueeze(0).expand(k_groups, *v.shape).reshape(expanded)
