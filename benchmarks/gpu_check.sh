@@ -152,7 +152,7 @@ step host-overhead 30 "$PYTHON" benchmarks/test_kernels.py "${OVERHEAD_ARGS[@]}"
 # -- end to end -------------------------------------------------------------------------------
 E2E_COMMON=(-q -s -p no:cacheprovider --tiue-results-dir "$RESULTS" --tiue-fast-backend inductor)
 if [[ "$DRY" == 1 ]]; then
-  SD21=(--tiue-scale small --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1,2
+  SD21=(--tiue-scale small --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
         --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
   SDXL=(--tiue-scale small-xl --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
         --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
