@@ -4,7 +4,7 @@ GPU numbers (forced kernel rows, per-row peak memory, the device-time report).
 The dry run runs every step of the GPU script with the same code at tiny sizes: the installs'
 check, the environment, the Triton kernels in the interpreter and the C++ kernels against
 float64, the forced-kernel agreement checks, the kernel table and the host-overhead rows, the
-end-to-end rows b, c, c-compiled, d, e, f and their UNet rows (small SD scale, batch 1 and 2)
+end-to-end rows b, c, c-compiled, d, e, f and their UNet rows (small SD scale, batch 1)
 and f at the small SDXL scale, the training step against the paper-style step, the attention
 backward checks and table, the fast-path checks, and the targets report. What it does not
 exercise: the build of the CUDA extension (a CUDA toolchain) and inductor's code generation:
