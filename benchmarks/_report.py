@@ -97,7 +97,8 @@ class Report:
     "eager" row of the same op and size.
     """
 
-    COLUMNS = ("op", "size", "variant", "dtype", "median_us", "q1_us", "q3_us", "rounds", "gb_per_s", "tflop_per_s")
+    COLUMNS = ("op", "size", "variant", "dtype", "median_us", "q1_us", "q3_us", "rounds", "device_us", "gb_per_s",
+               "pct_of_peak_bandwidth", "tflop_per_s")
 
     def __init__(self, suite: str, device: torch.device, command: str = ""):
         self.suite = suite
@@ -106,6 +107,7 @@ class Report:
         self.revision = git_revision()
         self.command = command
         self.rows: list[dict] = []
+        self.failures: list[str] = []
 
     def add(self, row: dict) -> None:
         self.rows.append({column: row.get(column) for column in self.COLUMNS})
@@ -129,17 +131,25 @@ class Report:
             f"git {meta['git_revision']}, torch {meta['torch']}, {meta['date']}"
             + (f", `{self.command}`" if self.command else ""),
             "",
-            "| op | size | variant | dtype | median (us) | IQR (us) | GB/s | TFLOP/s | vs eager |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|",
+            "Host time: median wall time per call (the device synchronised per round); device time: "
+            "CUDA-graph replay of back-to-back calls timed by CUDA events (blank on a CPU). GB/s and "
+            "TFLOP/s use the device time when there is one; % peak: of the device's peak bandwidth "
+            "(blank when the device is not in the table).",
+            "",
+            "| op | size | variant | dtype | host median (us) | IQR (us) | device (us) | GB/s | % peak BW | TFLOP/s | vs eager |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        eager = {(r["op"], r["size"]): r["median_us"] for r in self.rows if r["variant"] == "eager"}
+        def time_of(r):  # device time where measured: the speed-up compares like with like
+            return r.get("device_us") or r["median_us"]
+
+        eager = {(r["op"], r["size"]): time_of(r) for r in self.rows if r["variant"] == "eager"}
         for r in self._grouped_rows():
             baseline = eager.get((r["op"], r["size"]))
-            speedup = f"{baseline / r['median_us']:.2f}x" if baseline and r["median_us"] else ""
+            speedup = f"{baseline / time_of(r):.2f}x" if baseline and time_of(r) else ""
             lines.append(
                 f"| {r['op']} | {r['size']} | {r['variant']} | {r['dtype']} "
-                f"| {r['median_us']:.1f} | {r['q3_us'] - r['q1_us']:.1f} "
-                f"| {_fmt(r['gb_per_s'])} | {_fmt(r['tflop_per_s'], 3)} | {speedup} |"
+                f"| {r['median_us']:.1f} | {r['q3_us'] - r['q1_us']:.1f} | {_fmt(r.get('device_us'), 2)} "
+                f"| {_fmt(r['gb_per_s'])} | {_fmt(r.get('pct_of_peak_bandwidth'))} | {_fmt(r['tflop_per_s'], 3)} | {speedup} |"
             )
         return "\n".join(lines) + "\n"
 

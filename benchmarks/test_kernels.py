@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Report, summarize  # noqa: E402
 
 import tiue.ops  # noqa: E402
+from tiue.ops import dispatch  # noqa: E402
 from tiue.ops.ddim_combine import ddim_combine_torch  # noqa: E402
 from tiue.ops.gaussian_kl import gaussian_kl_stats_torch  # noqa: E402
+from tiue.ops.shared_kv_attention import shared_kv_attention_sdpa  # noqa: E402
 
 try:  # the plain runner at the bottom works without pytest
     import pytest
@@ -62,7 +64,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.op}-{self.size}-{self.variant}".replace(" ", "").replace("=", "")
+        return f"{self.op}-{self.size}-{self.variant}".replace(" ", "").replace("=", "").replace(":", "-")
 
 
 # -- the expressions being compared -----------------------------------------------------------
@@ -99,7 +101,27 @@ def _variant_fn(variant: str, name: str, eager: Callable, ours: Callable) -> Cal
         return ours
     if variant == "eager":
         return eager
+    if variant in FORCED:
+        return _forced(variant.removeprefix("tiue:"), ours)
     return _compiled_fn(name, eager)
+
+
+def _forced(backend: str, ours: Callable) -> Callable:
+    """tiue's op with TIUE_KERNELS=backend for the call: the kernels CUDA does not choose by
+    default (gaussian_kl, attention) are measured too, never silently replaced."""
+
+    def call(*args):
+        before = os.environ.get(dispatch.ENV_VAR)
+        os.environ[dispatch.ENV_VAR] = backend
+        try:
+            return ours(*args)
+        finally:
+            if before is None:
+                del os.environ[dispatch.ENV_VAR]
+            else:
+                os.environ[dispatch.ENV_VAR] = before
+
+    return call
 
 
 # -- cases ------------------------------------------------------------------------------------
@@ -142,7 +164,11 @@ def _attention_case(batch: int, tokens: int, heads: int, variant: str) -> Case:
         q = q.permute(0, 1, 3, 2, 4)
         k = torch.randn(batch, heads, TEXT_TOKENS, HEAD_DIM, device=device, dtype=dtype)
         v = torch.randn_like(k)
-        fn = _variant_fn(variant, "attention", _eager_attention, tiue.ops.shared_kv_attention)
+        if variant in SDPA_LAYOUTS:  # SDPA on one of the two layouts the op's SDPA backend can take
+            layout = variant.removeprefix("sdpa:")
+            fn = lambda q, k, v: shared_kv_attention_sdpa(q, k, v, None, layout)  # noqa: E731
+        else:
+            fn = _variant_fn(variant, "attention", _eager_attention, tiue.ops.shared_kv_attention)
         flops = 4.0 * STEPS * batch * heads * tokens * TEXT_TOKENS * HEAD_DIM
         return (lambda: fn(q, k, v)), 0.0, flops
 
@@ -150,9 +176,24 @@ def _attention_case(batch: int, tokens: int, heads: int, variant: str) -> Case:
 
 
 VARIANTS = ("tiue", "eager", "compiled")
+FORCED = ("tiue:triton", "tiue:cuda")  # tiue's op with TIUE_KERNELS forcing one backend
+# Attention only: SDPA with the K groups folded into the query axis (keys and values once, q
+# copied unless B == 1) and with keys and values expanded to the K*B batch.
+SDPA_LAYOUTS = ("sdpa:folded", "sdpa:expanded")
+OPS_BY_BACKEND = {  # which ops each forcible backend implements (tiue.ops.backend_info()["implemented"])
+    "triton": ("ddim_combine", "gaussian_kl", "gaussian_kl fwd+bwd", "shared_kv_attention"),
+    "cuda": ("ddim_combine", "gaussian_kl", "gaussian_kl fwd+bwd"),
+}
 
 
-def cases(device: torch.device, full: bool) -> list[Case]:
+def forced_backends(device: torch.device) -> tuple[str, ...]:
+    """The kernel backends that can run on `device` here (each gets forced rows)."""
+    return tuple(b for b in ("triton", "cuda") if dispatch.unavailable_reason(b) is None
+                 and device.type in (dispatch.backend_devices(b) or ()) and device.type == "cuda")
+
+
+def cases(device: torch.device, full: bool, forced: tuple[str, ...] | None = None,
+          quick: bool = False) -> list[Case]:
     """Every case, the compiled variants last.
 
     On a CPU, code compiled by inductor brings its own OpenMP thread pool, whose spinning
@@ -160,19 +201,29 @@ def cases(device: torch.device, full: bool) -> list[Case]:
     torch.compile in the same process on 2 cores). Timing every compiled variant after all the
     others keeps that from skewing the eager and tiue rows.
     """
+    forced = forced_backends(device) if forced is None else forced
     batches = (1, 8, 64) if full else (1, 8)
     attention_batches = (1, 8, 64) if full and device.type == "cuda" else ((1, 8) if full else (1,))
+    attention_sizes = ATTENTION_SIZES
+    if quick:  # benchmarks/gpu_check.sh: the sizes its targets and decisions need
+        batches, attention_batches, attention_sizes = (1, 64), (1, 8), ATTENTION_SIZES[:1]
     found: list[Case] = []
-    for variants in (("tiue", "eager"), ("compiled",)):
+    forced_variants = tuple(f"tiue:{b}" for b in forced)
+    for variants in (("tiue", "eager") + forced_variants, ("compiled",)):
+        def keep(op: str, v: str) -> bool:
+            return v not in FORCED or op in OPS_BY_BACKEND[v.removeprefix("tiue:")]
+
         for batch in batches:
-            found += [_ddim_case(batch, v) for v in variants]
+            found += [_ddim_case(batch, v) for v in variants if keep("ddim_combine", v)]
         for batch in batches:
-            found += [_kl_case(batch, v, backward=False) for v in variants]
+            found += [_kl_case(batch, v, backward=False) for v in variants if keep("gaussian_kl", v)]
         for batch in batches:
-            found += [_kl_case(batch, v, backward=True) for v in variants]
+            found += [_kl_case(batch, v, backward=True) for v in variants if keep("gaussian_kl fwd+bwd", v)]
+        layouts = SDPA_LAYOUTS if "eager" in variants else ()
         for batch in attention_batches:
-            for tokens, heads in ATTENTION_SIZES:
-                found += [_attention_case(batch, tokens, heads, v) for v in variants]
+            for tokens, heads in attention_sizes:
+                found += [_attention_case(batch, tokens, heads, v) for v in variants + layouts
+                          if keep("shared_kv_attention", v)]
     return found
 
 
@@ -210,6 +261,72 @@ class Timed:
         _synchronize(self.device)
 
 
+def device_seconds_per_call(call: Callable[[], object], device: torch.device,
+                            calls: int = 20, replays: int = 10) -> tuple[float | None, str]:
+    """Device time of one call on CUDA, and how it was taken (None on a CPU).
+
+    `calls` back-to-back calls captured in one CUDA graph and replayed `replays` times between
+    two CUDA events, as triton.testing.do_bench does: no host overhead is left in it. Where a
+    call cannot be captured, CUDA events around calls * replays back-to-back launches (host
+    gaps between launches may remain: the kind says which).
+    """
+    if device.type != "cuda":
+        return None, ""
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                call()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        begin.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize(device)
+        return begin.elapsed_time(end) * 1e-3 / (calls * replays), "graph replay"
+    except Exception:  # noqa: BLE001  (not capturable: time the launches themselves)
+        torch.cuda.synchronize(device)
+        begin.record()
+        for _ in range(calls * replays):
+            call()
+        end.record()
+        torch.cuda.synchronize(device)
+        return begin.elapsed_time(end) * 1e-3 / (calls * replays), "events over launches"
+
+
+# Peak memory bandwidth by device name, GB/s (vendors' figures); unknown devices get none.
+PEAK_BANDWIDTH_GB_S = (
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),  # SXM (HBM3)
+    ("GH200", 4000.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),  # 40 GB
+    ("L40S", 864.0),
+    ("L4", 300.0),
+    ("RTX 4090", 1008.0),
+    ("A10G", 600.0),
+)
+
+
+def peak_bandwidth_gb_s(name: str) -> float | None:
+    """The device's peak memory bandwidth from PEAK_BANDWIDTH_GB_S (first match), else None."""
+    for key, value in PEAK_BANDWIDTH_GB_S:
+        if key.lower() in name.lower():
+            return value
+    return None
+
+
 def _dtype_for(device: torch.device, name: str | None) -> torch.dtype:
     names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name is None:
@@ -219,12 +336,17 @@ def _dtype_for(device: torch.device, name: str | None) -> torch.dtype:
     return names[name]
 
 
-def _row(case: Case, dtype: torch.dtype, per_call_seconds: list[float], moved: float, flops: float) -> dict:
+def _row(case: Case, dtype: torch.dtype, per_call_seconds: list[float], moved: float, flops: float,
+         device_seconds: float | None = None, peak_gb_s: float | None = None) -> dict:
+    """median_us etc. are host time per call (wall clock, device synchronised per round);
+    device_us is device_seconds_per_call's; GB/s and TFLOP/s use the device time when there is one."""
     row = {"op": case.op, "size": case.size, "variant": case.variant, "dtype": str(dtype).replace("torch.", "")}
     row.update(summarize(per_call_seconds))
-    median = row["median_us"] * 1e-6
-    row["gb_per_s"] = moved / median / 1e9 if moved else None
-    row["tflop_per_s"] = flops / median / 1e12 if flops else None
+    seconds = device_seconds if device_seconds else row["median_us"] * 1e-6
+    row["device_us"] = device_seconds * 1e6 if device_seconds else None
+    row["gb_per_s"] = moved / seconds / 1e9 if moved else None
+    row["tflop_per_s"] = flops / seconds / 1e12 if flops else None
+    row["pct_of_peak_bandwidth"] = 100 * row["gb_per_s"] / peak_gb_s if row["gb_per_s"] and peak_gb_s else None
     return row
 
 
@@ -276,6 +398,12 @@ if pytest is not None:
         request.config.pluginmanager.register(_SummaryPrinter(report, directory), "tiue-kernels-summary")
         return report
 
+    def test_host_overhead(request):
+        """The host-overhead rows (printed and written beside the kernel table); never asserted."""
+        directory = Path(request.config.getoption("--tiue-results-dir", default=None)
+                         or Path(__file__).parent / "results")
+        report_host_overhead(directory)
+
     def test_kernel(benchmark, kernel_case, kernel_report, request):
         device = kernel_report.device
         dtype = _dtype_for(device, request.config.getoption("--tiue-dtype", default=None))
@@ -286,26 +414,122 @@ if pytest is not None:
         if benchmark.stats is None:  # --benchmark-disable: nothing was timed
             return
         per_call = [t / timed.inner for t in benchmark.stats.stats.data]
-        kernel_report.add(_row(kernel_case, dtype, per_call, moved, flops))
+        device_seconds, _ = device_seconds_per_call(call, device)
+        peak = peak_bandwidth_gb_s(kernel_report.device_name)
+        kernel_report.add(_row(kernel_case, dtype, per_call, moved, flops, device_seconds, peak))
+
+
+# -- host overhead: one call on tiny CPU tensors, where only overhead remains --------------------
+
+
+def _tiny_host_cases() -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """op -> (tiue's call, the plain PyTorch expression it replaces), on tiny CPU tensors."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    noise, eps = randn(1, 4, 8, 8), randn(STEPS, 1, 4, 8, 8)
+    x = randn(STEPS, 4, 8, 8)
+    q = randn(STEPS, 1, 16, 2, 8).permute(0, 1, 3, 2, 4)  # as the attention processor lays it out
+    k, v = randn(1, 2, 7, 8), randn(1, 2, 7, 8)
+    return {
+        "ddim_combine": (lambda: tiue.ops.ddim_combine(noise, eps, COEFFS, SCALE), lambda: _eager_ddim(noise, eps)),
+        "gaussian_kl": (lambda: tiue.ops.gaussian_kl(x), lambda: _eager_kl(x)),
+        "shared_kv_attention": (lambda: tiue.ops.shared_kv_attention(q, k, v), lambda: _eager_attention(q, k, v)),
+    }
+
+
+def host_overhead_rows(rounds: int = 15, calls: int = 200) -> list[dict]:
+    """Per op: median microseconds per call of tiue's op and of the expression, timed in
+    alternation (round by round, order swapped each round) on one thread; target: ratio <= 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = []
+        for op, (ours, plain) in _tiny_host_cases().items():
+            samples: dict[str, list[float]] = {"tiue": [], "expression": []}
+            for fn in (ours, plain):
+                for _ in range(20):
+                    fn()
+            for i in range(rounds):
+                order = (("tiue", ours), ("expression", plain))
+                for name, fn in order if i % 2 == 0 else order[::-1]:
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        fn()
+                    samples[name].append((time.perf_counter() - start) / calls)
+            ours_us = summarize(samples["tiue"])["median_us"]
+            plain_us = summarize(samples["expression"])["median_us"]
+            ratio = ours_us / plain_us
+            rows.append(dict(op=op, tiue_us=ours_us, expression_us=plain_us, ratio=ratio,
+                             backend=tiue.ops.last_backend(op), target="met" if ratio <= 1.0 else "not met"))
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+def report_host_overhead(directory: Path, rounds: int = 15) -> list[dict]:
+    """Measure the host-overhead rows, print their table and write host-overhead-<device>.{json,md}."""
+    from _report import _write_atomically, git_revision, report_stem
+
+    import json
+
+    rows = host_overhead_rows(rounds=rounds)
+    device = torch.device("cpu")
+    lines = [
+        f"### host overhead per call on {device_name_of(device)}",
+        "",
+        f"git {git_revision()}, torch {torch.__version__}, one thread, tiny fp32 CPU tensors (only overhead "
+        "remains); `python benchmarks/test_kernels.py --host-overhead`. Target: no tiue op costs more per "
+        "call than the plain PyTorch expression it replaces (ratio <= 1).",
+        "",
+        "| op | backend | tiue (us) | expression (us) | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    lines += [f"| {r['op']} | {r['backend']} | {r['tiue_us']:.1f} | {r['expression_us']:.1f} | {r['ratio']:.2f} "
+              f"| {r['target']} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    stem = report_stem("host-overhead", device)
+    _write_atomically(directory / f"{stem}.md", text)
+    _write_atomically(directory / f"{stem}.json", json.dumps(rows, indent=2))
+    return rows
+
+
+def device_name_of(device: torch.device) -> str:
+    from _report import device_name
+
+    return device_name(device)
 
 
 # -- plain runner (no pytest-benchmark needed) ------------------------------------------------
 
 
-def run_plain(device: torch.device, full: bool, dtype: torch.dtype, directory: Path) -> Report:
+def run_plain(device: torch.device, full: bool, dtype: torch.dtype, directory: Path, quick: bool = False,
+              rounds: int | None = None) -> Report:
     command = "python benchmarks/test_kernels.py " + " ".join(sys.argv[1:])
     report = Report(SUITE, device, command=command.strip())
-    for case in cases(device, full):
-        call, moved, flops = case.build(device, dtype)
-        timed = Timed(call, device)
-        timed()  # one untimed round, as the pytest path does
-        samples = []
-        for _ in range(timed.rounds):
-            start = time.perf_counter()
-            timed()
-            samples.append((time.perf_counter() - start) / timed.inner)
-        report.add(_row(case, dtype, samples, moved, flops))
-        print(f"{case.id}: {report.rows[-1]['median_us']:.1f} us", flush=True)
+    peak = peak_bandwidth_gb_s(report.device_name)
+    for case in cases(device, full, quick=quick):
+        try:
+            call, moved, flops = case.build(device, dtype)
+            timed = Timed(call, device)
+            timed()  # one untimed round, as the pytest path does
+            samples = []
+            for _ in range(rounds or timed.rounds):
+                start = time.perf_counter()
+                timed()
+                samples.append((time.perf_counter() - start) / timed.inner)
+            device_seconds, _ = device_seconds_per_call(call, device)
+        except Exception as error:  # noqa: BLE001  (one case's failure must not hide the others)
+            print(f"{case.id}: FAILED {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}",
+                  flush=True)
+            report.failures.append(case.id)
+            continue
+        report.add(_row(case, dtype, samples, moved, flops, device_seconds, peak))
+        device_note = f", device {report.rows[-1]['device_us']:.1f} us" if device_seconds else ""
+        print(f"{case.id}: {report.rows[-1]['median_us']:.1f} us host{device_note}", flush=True)
     paths = report.write(directory)
     print()
     print(report.markdown())
@@ -320,10 +544,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="SD-scale sizes on the CPU too")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None)
     parser.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--quick", action="store_true",
+                        help="the sizes benchmarks/gpu_check.sh needs (ddim_combine at B=1 and 64, attention at N=4096)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes, one round: checks the code path")
+    parser.add_argument("--host-overhead", action="store_true",
+                        help="only the host-overhead rows: one call of each op on tiny CPU tensors vs its expression")
     args = parser.parse_args(argv)
+    if args.host_overhead:
+        report_host_overhead(Path(args.results_dir), rounds=3 if args.dry_run else 15)
+        return
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     full = args.full or device.type == "cuda"
-    run_plain(device, full, _dtype_for(device, args.dtype), Path(args.results_dir))
+    if args.dry_run:
+        from e2e.suite import COMPILE_BACKEND_VAR, use_compile_backend
+
+        use_compile_backend(os.environ.get(COMPILE_BACKEND_VAR))  # dynamo only: no inductor compiles on a CPU
+        global STEPS, LATENT, ATTENTION_SIZES, HEAD_DIM, TEXT_TOKENS, TARGET_SECONDS_PER_CASE
+        LATENT, ATTENTION_SIZES, HEAD_DIM, TEXT_TOKENS = (4, 8, 8), ((64, 2),), 16, 7
+        TARGET_SECONDS_PER_CASE = {"cpu": 0.01, "cuda": 0.01}
+    report = run_plain(device, full and not args.dry_run, _dtype_for(device, args.dtype), Path(args.results_dir),
+                       quick=args.quick or args.dry_run, rounds=2 if args.dry_run else None)
+    if report.failures:
+        print(f"failed cases: {', '.join(report.failures)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ __all__ = [
     "latency_summary",
     "matmul_rate",
     "paired_ratios",
+    "graph_pools",
     "peak_memory_bytes",
+    "resident_bytes",
     "synchronize",
     "timed_rounds",
 ]
@@ -64,22 +66,49 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
-    """Peak bytes of one call of `fn` and what they include.
+def resident_bytes(modules) -> int:
+    """Bytes of the parameters and buffers of `modules`, each storage counted once."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
 
-    CUDA: the peak of what the caching allocator reserves during the call, after unused cached
-    blocks are released: weights and the private pools of captured CUDA graphs included. (The
-    allocated peak would leave a graph's pool out: a replay allocates nothing.) CPU: the peak of
-    tensors the call itself allocates (weights excluded), counted at the ATen level; code
-    compiled by inductor allocates outside ATen, so call this on eager code only.
+
+def graph_pools() -> set:
+    """Ids of the CUDA caching allocator's private pools (CUDA graphs') that hold memory now."""
+    if not torch.cuda.is_available():
+        return set()
+    return {tuple(s["segment_pool_id"]) for s in torch.cuda.memory_snapshot()
+            if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)}
+
+
+def _pool_bytes(pools) -> int:
+    return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", (0, 0))) in pools)
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device, modules=(), pools=()) -> tuple[int, str]:
+    """Peak bytes of one call of `fn` that belong to its row, and what they include.
+
+    CUDA: the weights of the row's own `modules`, plus the private pools of the CUDA graphs the
+    row captured (`pools`, reserved for as long as the graphs live: a replay allocates nothing),
+    plus the peak of what the call allocates beyond what was allocated before it. Other rows'
+    model copies and graphs, loaded earlier in the same process, are not counted: the device
+    totals would charge every row for them. CPU: the peak of tensors the call itself allocates
+    (weights excluded), counted at the ATen level; code compiled by inductor allocates outside
+    ATen, so call this on eager code only.
     """
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return torch.cuda.max_memory_reserved(device), "reserved, weights and CUDA-graph pools included"
+        call = torch.cuda.max_memory_allocated(device) - before
+        total = resident_bytes(modules) + _pool_bytes(set(pools)) + call
+        return total, "the row's own weights + its CUDA-graph pools + what the call allocates"
     from tiue.testing.memory import PeakMemory
 
     with torch.no_grad(), PeakMemory() as memory:

@@ -227,6 +227,9 @@ class Models:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        return tuple(m for m in (self.vae, self.text_encoder, self.text_encoder_2, self.unet) if m is not None)
+
     def parameter_bytes(self) -> int:
         modules = (self.vae, self.text_encoder, self.text_encoder_2, self.unet)
         return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())

@@ -49,6 +49,8 @@ ROWS = {
         Row("a", "stock pipeline (SD or SDXL), 50 DDIM steps, CFG 7.5", teacher=True),
         Row("b", "stock pipeline (SD or SDXL), 4 DDIM steps, no CFG"),
         Row("c", "stock pipeline (SD or SDXL), 1 step, no CFG"),
+        Row("c-compiled", "stock pipeline (SD or SDXL), 1 step, no CFG, UNet torch.compile'd (end to end)",
+            compiled=True),
         Row("d", "paper's way: K=4 decoder inputs .repeat-ed, Python DDIM chain, eager"),
         Row("e", "tiue eager (TiUEPipeline or TiUEXLPipeline, loopfree, K=4)"),
         Row("f", "tiue fast path (enable_fast_path)", compiled=True),
@@ -85,6 +87,9 @@ class PreparedRow:
     call: Callable[[], object]
     flops: Callable[[], int]
     memory_call: Callable[[], object] | None
+    # The modules the row runs (its copy of the weights): its peak memory counts these, not the
+    # copies other rows loaded onto the device before it.
+    modules: tuple[torch.nn.Module, ...] = ()
     setup_seconds: float = 0.0
     compile_seconds: float | None = None
     capture_seconds: float | None = None
@@ -142,19 +147,30 @@ class RowFactory:
                                       backend=self.fast_backend)
         return pipe, getattr(pipe, "fast_path_stats", None) or stats
 
-    @cached_property
-    def compiled_unet(self) -> torch.nn.Module:
-        """A copy of the UNet, channels_last, compiled with no graph breaks. On CUDA with
-        inductor's CUDA graphs, so it pays no more launch overhead than the fast path."""
-        unet = self.models.copy().unet.to(memory_format=torch.channels_last)
+    def _compile_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """The UNet, channels_last, compiled with no graph breaks. On CUDA with inductor's CUDA
+        graphs, so it pays no more launch overhead than the fast path."""
+        unet = unet.to(memory_format=torch.channels_last)
         mode = self.compile_mode or ("reduce-overhead" if self.models.device.type == "cuda" else None)
         return torch.compile(unet, fullgraph=True, dynamic=False, mode=mode)
+
+    @cached_property
+    def compiled_unet(self) -> torch.nn.Module:
+        return self._compile_unet(self.models.copy().unet)
+
+    @cached_property
+    def compiled_stock(self) -> DiffusionPipeline:
+        """The stock pipeline on its own copy of the models, its UNet compiled."""
+        pipe = _stock_pipeline(self.models.copy())
+        pipe.unet = self._compile_unet(pipe.unet)
+        return pipe
 
     # -- rows -----------------------------------------------------------------------------
 
     def prepare(self, key: str, batch: int) -> PreparedRow:
         builders = {
-            "a": self._row_a, "b": self._row_b, "c": self._row_c, "d": self._row_d, "e": self._row_e,
+            "a": self._row_a, "b": self._row_b, "c": self._row_c, "c-compiled": self._row_c_compiled,
+            "d": self._row_d, "e": self._row_e,
             "f": self._row_f, "f-unet": self._row_f_unet, "b-unet": self._row_b_unet, "c-unet": self._row_c_unet,
             "c-unet-compiled": self._row_c_unet_compiled, "d-unet": self._row_d_unet, "e-unet": self._row_e_unet,
         }
@@ -165,14 +181,15 @@ class RowFactory:
         prepared.setup_seconds = time.perf_counter() - start
         return prepared
 
-    def _eager(self, call: Callable[[], object]) -> PreparedRow:
-        return PreparedRow(call=call, flops=lambda: count_flops(call), memory_call=call)
+    def _eager(self, call: Callable[[], object], modules) -> PreparedRow:
+        return PreparedRow(call=call, flops=lambda: count_flops(call), memory_call=call, modules=tuple(modules))
 
-    def _stock_call(self, batch: int, steps: int, guidance: float) -> Callable[[], object]:
+    def _stock_call(self, batch: int, steps: int, guidance: float, pipe=None) -> Callable[[], object]:
         prompts, noise, _ = self.inputs(batch)
         size = self.image_size
+        pipe = pipe if pipe is not None else self.stock
         # guidance_scale <= 1 turns classifier-free guidance off in diffusers.
-        return lambda: self.stock(
+        return lambda: pipe(
             prompts, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
             latents=noise, output_type="pt",
         ).images
@@ -187,25 +204,40 @@ class RowFactory:
             return first + (TEACHER_STEPS - 1) * (second - first)
 
         on_cuda = self.models.device.type == "cuda"
-        prepared = PreparedRow(call=call, flops=flops, memory_call=call if on_cuda else two_steps)
+        prepared = PreparedRow(call=call, flops=flops, memory_call=call if on_cuda else two_steps,
+                               modules=_pipeline_modules(self.stock))
         prepared.notes.append("FLOPs counted on 1- and 2-step runs and extended to 50 steps (each step is the same work)")
         if not on_cuda:
             prepared.notes.append("peak memory of a 2-step run (no step holds more than another)")
         return prepared
 
     def _row_b(self, batch: int) -> PreparedRow:
-        return self._eager(self._stock_call(batch, TIUE_STEPS, 1.0))
+        return self._eager(self._stock_call(batch, TIUE_STEPS, 1.0), _pipeline_modules(self.stock))
 
     def _row_c(self, batch: int) -> PreparedRow:
-        return self._eager(self._stock_call(batch, 1, 1.0))
+        return self._eager(self._stock_call(batch, 1, 1.0), _pipeline_modules(self.stock))
+
+    def _row_c_compiled(self, batch: int) -> PreparedRow:
+        pipe = self.compiled_stock
+        call = self._stock_call(batch, 1, 1.0, pipe=pipe)
+        start = time.perf_counter()
+        call()  # the first call compiles
+        synchronize(self.models.device)
+        eager = self._stock_call(batch, 1, 1.0)
+        on_cuda = self.models.device.type == "cuda"
+        prepared = PreparedRow(call=call, flops=lambda: count_flops(eager), memory_call=call if on_cuda else None,
+                               modules=_pipeline_modules(pipe), compile_seconds=time.perf_counter() - start)
+        prepared.notes.append("the stock pipeline with its UNet compiled (channels_last, fullgraph; on CUDA "
+                              "inductor's CUDA graphs); text encoder and VAE eager; compile time includes the first call")
+        return prepared
 
     def _row_d(self, batch: int) -> PreparedRow:
         prompts, noise, _ = self.inputs(batch)
-        return self._eager(lambda: self.paper_way(prompts, noise))
+        return self._eager(lambda: self.paper_way(prompts, noise), self.models.modules())
 
     def _row_d_unet(self, batch: int) -> PreparedRow:
         _, noise, cond = self.inputs(batch)
-        return self._eager(lambda: self.paper_way.sample_latents(noise, cond))
+        return self._eager(lambda: self.paper_way.sample_latents(noise, cond), [self.models.unet])
 
     def _tiue_call(self, pipe: TiUEPipeline, batch: int, unet_part: bool) -> Callable[[], object]:
         prompts, noise, cond = self.inputs(batch)
@@ -221,7 +253,7 @@ class RowFactory:
         ).images
 
     def _row_e(self, batch: int) -> PreparedRow:
-        return self._eager(self._tiue_call(self.tiue_eager, batch, unet_part=False))
+        return self._eager(self._tiue_call(self.tiue_eager, batch, unet_part=False), _pipeline_modules(self.tiue_eager))
 
     def _fast_row(self, batch: int, unet_part: bool) -> PreparedRow:
         pipe, stats = self.tiue_fast
@@ -241,6 +273,7 @@ class RowFactory:
             memory_call=call if on_cuda else None,
             compile_seconds=None if after is None else after[0] - before[0],
             capture_seconds=None if after is None else after[1] - before[1],
+            modules=_pipeline_modules(pipe),
         )
         prepared.notes.append("FLOPs counted on the same call to the eager pipeline")
         prepared.notes.append(f"fast-path backend: {getattr(pipe, 'fast_path_backend', None) or 'inductor'}")
@@ -266,7 +299,7 @@ class RowFactory:
                 latents = scheduler.step(eps, t, latents, eta=0.0, return_dict=False)[0]
             return latents
 
-        return self._eager(torch.no_grad()(loop))
+        return self._eager(torch.no_grad()(loop), [unet])
 
     def _one_step_timestep(self) -> torch.Tensor:
         scheduler = self.models.ddim_scheduler()
@@ -276,7 +309,7 @@ class RowFactory:
     def _row_c_unet(self, batch: int) -> PreparedRow:
         _, noise, cond = self.inputs(batch)
         t, unet = self._one_step_timestep(), self.models.unet
-        return self._eager(torch.no_grad()(lambda: unet(noise, t, **cond.unet_kwargs(), return_dict=False)[0]))
+        return self._eager(torch.no_grad()(lambda: unet(noise, t, **cond.unet_kwargs(), return_dict=False)[0]), [unet])
 
     def _row_c_unet_compiled(self, batch: int) -> PreparedRow:
         _, noise, cond = self.inputs(batch)
@@ -296,7 +329,7 @@ class RowFactory:
         on_cuda = noise.is_cuda
         prepared = PreparedRow(
             call=call, flops=lambda: count_flops(eager), memory_call=call if on_cuda else None,
-            compile_seconds=compile_seconds, capture_seconds=None,
+            compile_seconds=compile_seconds, capture_seconds=None, modules=(unet,),
         )
         prepared.notes.append("compile time includes inductor's CUDA-graph recording" if on_cuda else
                               "peak memory not measured: inductor's CPU code allocates outside ATen")
@@ -306,7 +339,7 @@ class RowFactory:
         _, noise, cond = self.inputs(batch)
         pipe = self.tiue_eager
         timesteps = pipe.loopfree_schedule(TIUE_STEPS)[0].to(noise.device)
-        return self._eager(torch.no_grad()(lambda: pipe.tiue_unet(noise, timesteps, **cond.unet_kwargs())))
+        return self._eager(torch.no_grad()(lambda: pipe.tiue_unet(noise, timesteps, **cond.unet_kwargs())), [pipe.unet])
 
 
 def _stock_pipeline(models: Models) -> DiffusionPipeline:
@@ -326,6 +359,11 @@ def _tiue_pipeline(models: Models) -> TiUEPipeline:
     pipe = (TiUEXLPipeline if models.is_xl else TiUEPipeline)(**models.components())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _pipeline_modules(pipe) -> tuple[torch.nn.Module, ...]:
+    """The torch modules among a pipeline's components (UNet, VAE, text encoders)."""
+    return tuple(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def _stats_seconds(stats) -> tuple[float, float] | None:

@@ -12,7 +12,7 @@ import torch
 from .config import SuiteConfig
 from .environment import run_metadata
 from .measure import (
-    RowTimeout, deadline, latency_summary, matmul_rate, paired_ratios, peak_memory_bytes,
+    RowTimeout, deadline, graph_pools, latency_summary, matmul_rate, paired_ratios, peak_memory_bytes,
     synchronize, timed_rounds,
 )
 from .models import build_models
@@ -28,9 +28,34 @@ class RowSkipped(Exception):
     """The row could not run here (not built yet, or out of time); the reason is reported."""
 
 
+# TIUE_E2E_COMPILE_BACKEND=eager: every torch.compile in the session (the compiled rows' and the
+# fast path's) traces with dynamo, fullgraph as asked, and runs the traced graph eagerly: the
+# dry run of benchmarks/gpu_check.sh exercises every compiled row's code path without minutes
+# of inductor C++ compiles on a CPU. Its timings are then not the compiled ones.
+COMPILE_BACKEND_VAR = "TIUE_E2E_COMPILE_BACKEND"
+
+
+def use_compile_backend(name: str | None) -> None:
+    if not name or name == "inductor":
+        return
+    if getattr(torch.compile, "_tiue_backend", None) == name:
+        return
+    original = torch.compile
+
+    def compile_with(model=None, **kwargs):
+        kwargs.pop("mode", None)
+        kwargs.pop("options", None)
+        kwargs["backend"] = name
+        return original(model, **kwargs) if model is not None else original(**kwargs)
+
+    compile_with._tiue_backend = name
+    torch.compile = compile_with
+
+
 class EndToEndSuite:
     def __init__(self, config: SuiteConfig):
         self.config = config
+        use_compile_backend(os.environ.get(COMPILE_BACKEND_VAR))
         if config.threads:
             torch.set_num_threads(config.threads)
         self.models = build_models(config.scale, config.device, config.dtype)
@@ -54,6 +79,7 @@ class EndToEndSuite:
         self.measure_matmul_rate()
         self.written: list[Path] = []
         self.prepared: dict[tuple[str, int], PreparedRow] = {}
+        self.row_pools: dict[str, set] = {}
 
     def measure_matmul_rate(self) -> None:
         """The floor's rate: fp16 (the run's dtype) on a GPU, fp32 on a CPU. Measured at the
@@ -95,7 +121,10 @@ class EndToEndSuite:
 
     def _prepare(self, result: RowResult, batch: int) -> PreparedRow:
         """Build the row's models and calls (compile and capture included), untimed."""
+        pools_before = graph_pools()
         prepared = self.rows.prepare(result.row, batch)
+        # The CUDA graphs this row captured while it was prepared are its own.
+        self.row_pools[result.row] = self.row_pools.get(result.row, set()) | (graph_pools() - pools_before)
         self.prepared[(result.row, batch)] = prepared
         result.setup_s = prepared.setup_seconds
         result.compile_s, result.capture_s = prepared.compile_seconds, prepared.capture_seconds
@@ -107,7 +136,8 @@ class EndToEndSuite:
         teacher = ROWS[result.row].teacher
         result.flops = prepared.flops()
         if prepared.memory_call is not None:
-            result.peak_bytes, result.peak_kind = peak_memory_bytes(prepared.memory_call, device)
+            result.peak_bytes, result.peak_kind = peak_memory_bytes(
+                prepared.memory_call, device, prepared.modules, self.row_pools.get(result.row, ()))
         synchronize(device)
 
         rounds = config.teacher_rounds if teacher else config.rounds

@@ -27,12 +27,12 @@ TARGETS = (
     Target("cpu", "e's UNet part <= the paper's way's (e-unet / d-unet)", "e-unet", "median_ms", 1.0, over="d-unet"),
     Target("cpu", "f <= 0.8x of the paper's way, end to end (f / d)", "f", "median_ms", 0.8, over="d"),
     Target("cpu", "f <= 0.85x of e: the fast path earns its compile (f / e)", "f", "median_ms", 0.85, over="e"),
+    # The GPU targets of the issue that asked for benchmarks/gpu_check.sh (batch 1, 512 px, fp16).
     Target("cuda", "f <= 0.5x of c, end to end (f / c)", "f", "median_ms", 0.5, over="c", batch=1),
-    Target("cuda", "f <= 0.2x of b, end to end (f / b)", "f", "median_ms", 0.2, over="b", batch=1),
-    Target("cuda", "f's UNet part <= 1.6x of one compiled full-UNet pass (f-unet / c-unet-compiled)",
-           "f-unet", "median_ms", 1.6, over="c-unet-compiled", batch=1),
+    Target("cuda", "f <= 0.25x of d, the paper's way, end to end (f / d)", "f", "median_ms", 0.25, over="d", batch=1),
+    Target("cuda", "f's UNet part <= 2.0x of one compiled full-UNet pass (f-unet / c-unet-compiled)",
+           "f-unet", "median_ms", 2.0, over="c-unet-compiled", batch=1),
     Target("cuda", "f's peak memory <= 1.15x of c's (f / c)", "f", "peak_bytes", 1.15, over="c", batch=1),
-    Target("cuda", "f within 3x of its FLOP floor at batch 16", "f", "x_of_floor", 3.0, batch=16),
 )
 
 

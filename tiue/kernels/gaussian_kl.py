@@ -18,6 +18,8 @@ b = (g_kl (1 - 1/var) + 2 g_var) / (L - 1).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -35,7 +37,7 @@ MAX_BACKWARD_SAMPLES = 65535
 
 
 @triton.jit
-def gaussian_kl_partial_stats_kernel(
+def _partial_stats(
     partial_ptr,  # (N, S, 3) accumulation dtype: count, mean, M2 per chunk (unused if S == 1)
     kl_ptr,  # (N,) written only when S == 1
     mean_ptr,  # (N,) written only when S == 1
@@ -83,6 +85,31 @@ def gaussian_kl_partial_stats_kernel(
 
 
 @triton.jit
+def gaussian_kl_partial_stats_kernel(
+    partial_ptr, kl_ptr, mean_ptr, var_ptr, x_ptr, L, x_sn, x_sl,
+    CHUNK,  # a runtime value: one compiled kernel serves every sample length
+    S,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    _partial_stats(partial_ptr, kl_ptr, mean_ptr, var_ptr, x_ptr, L, x_sn, x_sl, CHUNK, S, ACC_DTYPE, BLOCK)
+
+
+@triton.jit
+def gaussian_kl_partial_stats_kernel_interpreted(
+    partial_ptr, kl_ptr, mean_ptr, var_ptr, x_ptr, L, x_sn, x_sl,
+    # A constexpr for the interpreter only: Triton 3.6's interpreter hands a runtime int to the
+    # kernel as a 1-element array, which `range` cannot take under numpy 2 (it asks for a
+    # 0-d array). A Python int loops fine and the interpreter compiles nothing.
+    CHUNK: tl.constexpr,
+    S,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    _partial_stats(partial_ptr, kl_ptr, mean_ptr, var_ptr, x_ptr, L, x_sn, x_sl, CHUNK, S, ACC_DTYPE, BLOCK)
+
+
+@triton.jit
 def gaussian_kl_finalize_kernel(
     kl_ptr,  # (N,)
     mean_ptr,  # (N,)
@@ -105,6 +132,11 @@ def gaussian_kl_finalize_kernel(
     tl.store(mean_ptr + n, mean)
     tl.store(var_ptr + n, var)
     tl.store(kl_ptr + n, -0.5 * (1.0 + tl.log(var) - mean * mean - var))
+
+
+def _interpreted() -> bool:
+    # Read from the environment, as Triton itself does (`triton.knobs` only exists from 3.4).
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _target_programs(device: torch.device) -> int:
@@ -133,7 +165,8 @@ def gaussian_kl_forward(
     chunks = triton.cdiv(length, chunk)
     partial = torch.empty((samples, chunks, 3) if chunks > 1 else (1,), dtype=acc, device=x.device)
     acc_dtype = tl.float64 if acc == torch.float64 else tl.float32
-    gaussian_kl_partial_stats_kernel[(samples, chunks)](
+    kernel = gaussian_kl_partial_stats_kernel_interpreted if _interpreted() else gaussian_kl_partial_stats_kernel
+    kernel[(samples, chunks)](
         partial, kl, mean, var, x, length, *x.stride(), chunk, chunks,
         ACC_DTYPE=acc_dtype, BLOCK=BLOCK, num_warps=4,
     )

@@ -29,6 +29,9 @@ MAX_KEYS = 128
 MAX_HEAD_DIM = 256
 MAX_GROUP_PROGRAMS = 65535  # CUDA's limit on the grid's second axis (K * B * H programs)
 LOG2E = 1.4426950408889634
+# head dim -> the compiled kernel of the latest launch (its n_regs and n_spills tell whether the
+# tiles spill registers on this GPU and Triton; benchmarks/gpu_check.py reports them).
+LAST_COMPILED: dict[int, object] = {}
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def shared_kv_attention(
     config = launch_config(keys, head_dim)
     # Read from the environment, as Triton itself does: `triton.knobs` only exists from Triton 3.4.
     interpreted = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-    shared_kv_attention_kernel[(triton.cdiv(tokens, config.block_n), k_groups * batch * heads)](
+    LAST_COMPILED[head_dim] = shared_kv_attention_kernel[(triton.cdiv(tokens, config.block_n), k_groups * batch * heads)](
         out, q, k, v, scale * LOG2E,
         k_groups, heads, tokens, keys, head_dim,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),

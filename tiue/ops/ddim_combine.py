@@ -18,13 +18,14 @@ from tiue.ops.checks import FLOAT_DTYPES, accumulation_dtype, check_float, check
 from tiue.ops.dispatch import (
     OpDispatcher,
     kernel_module,
+    note_choice,
     on_device_of,
     plain_torch_ops_active,
     register_device_kernels,
     register_dispatcher,
 )
 
-__all__ = ["DISPATCHER", "ddim_combine", "ddim_combine_op", "ddim_combine_torch"]
+__all__ = ["DISPATCHER", "ddim_combine", "ddim_combine_composite", "ddim_combine_op", "ddim_combine_torch"]
 
 # csrc/cuda/launchers.h kMaxSteps: the CUDA kernel takes its coefficients as kernel parameters,
 # at most this many eps steps. Keep in step with that header.
@@ -45,11 +46,51 @@ def ddim_combine(
     noise.dtype), reading each input once. Accumulates in fp64 when an input is fp64.
     Differentiable with respect to noise and eps.
     """
-    if plain_torch_ops_active():
-        return ddim_combine_torch(noise, eps, coefficient_list(coeffs), float(scale), out_dtype or noise.dtype)
-    return torch.ops.tiue.ddim_combine(
-        noise, eps, coefficient_list(coeffs), float(scale), out_dtype
-    )
+    coeffs, scale = coefficient_list(coeffs), float(scale)
+    if plain_torch_ops_active() or torch.compiler.is_compiling():
+        return ddim_combine_composite(noise, eps, coeffs, scale, out_dtype)
+    if not isinstance(noise, Tensor) or not isinstance(eps, Tensor) or (
+        torch.is_grad_enabled() and (noise.requires_grad or eps.requires_grad)
+    ):
+        return torch.ops.tiue.ddim_combine(noise, eps, coeffs, scale, out_dtype)
+    return _ddim_combine_eager(noise, eps, coeffs, scale, out_dtype)
+
+
+def ddim_combine_composite(
+    noise: Tensor, eps: Tensor, coeffs: list[float], scale: float, out_dtype: torch.dtype | None
+) -> Tensor:
+    """What a compiled graph (and plain_torch_ops) gets: the expression in standard ops, which
+    inductor fuses with its neighbours into one kernel. An opaque custom op would stop that
+    fusion, and on an H200 the fused expression ran 3x faster than the op's own kernel launch."""
+    check_ddim_combine(noise, eps, coeffs, out_dtype)
+    return ddim_combine_torch(noise, eps, coeffs, scale, out_dtype or noise.dtype)
+
+
+_NATIVE_BACKENDS = ("cpp", "cuda")
+
+
+def _ddim_combine_eager(noise, eps, coeffs, scale, out_dtype):
+    """An eager call that needs no autograd: straight to the C++/CUDA op (registered from C++)
+    when that is the backend, checked by the kernel itself (the Python checks run only to word
+    its error); otherwise the Python checks and the dispatcher, without the custom-op layer."""
+    out_dtype = out_dtype or noise.dtype
+    kernel = DISPATCHER.eager_choice(noise.device.type)
+    if (
+        kernel is not None
+        and kernel.backend in _NATIVE_BACKENDS
+        and noise.dim() == 4
+        and noise.dtype == eps.dtype
+        and out_dtype in FLOAT_DTYPES
+        and (kernel.backend == "cpp" or eps.dim() != 5 or eps.shape[0] <= CUDA_MAX_STEPS)
+    ):
+        try:
+            out = torch.ops.tiue.ddim_combine_native(noise, eps, coeffs, scale, out_dtype)
+        except RuntimeError:
+            check_ddim_combine(noise, eps, coeffs, out_dtype)  # raises the worded error if it applies
+            raise
+        note_choice("ddim_combine", noise.device.type, kernel.backend)
+        return out
+    return _ddim_combine_kernel(noise, eps, coeffs, scale, out_dtype)
 
 
 # -- argument checks ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "forced_backend",
     "kernel_module",
     "last_backend",
+    "note_choice",
     "on_device_of",
     "plain_torch_ops",
     "plain_torch_ops_active",
@@ -188,6 +189,7 @@ class OpDispatcher:
         self.name = name
         self._kernels: dict[str, Kernel] = {"torch": Kernel("torch", torch_fn)}
         self.auto_order = {**AUTO_ORDER, **(auto_order or {})}
+        self._eager_choices: dict[tuple, Kernel] = {}
 
     def add(self, backend: str, fn: Callable[..., Any], rejects=None) -> None:
         if backend not in BACKENDS:
@@ -230,12 +232,23 @@ class OpDispatcher:
     def __call__(self, *args):
         device_type = next(a.device.type for a in args if isinstance(a, torch.Tensor))
         kernel = self.choose(device_type, args)
-        _last_choice[self.name] = kernel.backend
-        key = (self.name, device_type, kernel.backend)
-        if key not in _announced:
-            _announced.add(key)
-            _log.info("tiue.ops.%s on %s tensors: %s backend", self.name, device_type, kernel.backend)
+        note_choice(self.name, device_type, kernel.backend)
         return kernel.fn(*args)
+
+    def eager_choice(self, device_type: str) -> Kernel | None:
+        """The kernel an eager call on `device_type` goes to when no argument limit applies,
+        decided once per TIUE_KERNELS value (the public functions' hot path reads this instead
+        of walking the preference list on every call); None when TIUE_KERNELS names an
+        unavailable backend, so that the full path raises its error."""
+        key = (device_type, os.environ.get(ENV_VAR), triton_interpreted())
+        kernel = self._eager_choices.get(key)
+        if kernel is None:
+            try:
+                kernel = self.choose(device_type)
+            except (BackendUnavailableError, ValueError):
+                return None
+            self._eager_choices[key] = kernel
+        return kernel
 
     def describe(self, device_type: str) -> str:
         if device_type == "cuda" and not torch.cuda.is_available():
@@ -274,6 +287,15 @@ def on_device_of(tensor: torch.Tensor):
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+def note_choice(op: str, device_type: str, backend: str) -> None:
+    """Record the backend a call of `op` ran on (last_backend), logging the first of each kind."""
+    _last_choice[op] = backend
+    key = (op, device_type, backend)
+    if key not in _announced:
+        _announced.add(key)
+        _log.info("tiue.ops.%s on %s tensors: %s backend", op, device_type, backend)
 
 
 def last_backend(op: str) -> str | None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiue.ops.checks import accumulation_dtype, check_float
+from tiue.ops.checks import FLOAT_DTYPES, accumulation_dtype, check_float
 from tiue.ops.dispatch import (
     OpDispatcher,
     kernel_module,
+    note_choice,
     on_device_of,
+    plain_torch_ops_active,
     register_device_kernels,
     register_dispatcher,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "gaussian_kl",
     "gaussian_kl_backward_op",
     "gaussian_kl_backward_torch",
+    "gaussian_kl_composite",
     "gaussian_kl_stats_op",
     "gaussian_kl_stats_torch",
 ]
@@ -40,7 +43,29 @@ def gaussian_kl(x: torch.Tensor) -> torch.Tensor:
     statistics are accumulated in fp32 and a KL is a loss term, not an activation.
     Differentiable; the backward reads x once.
     """
-    return torch.ops.tiue.gaussian_kl(x)
+    if plain_torch_ops_active() or torch.compiler.is_compiling():
+        return gaussian_kl_composite(x)
+    if not isinstance(x, Tensor) or (torch.is_grad_enabled() and x.requires_grad):
+        return torch.ops.tiue.gaussian_kl(x)
+    kernel = STATS_DISPATCHER.eager_choice(x.device.type)
+    if kernel is not None and kernel.backend in ("cpp", "cuda") and x.dim() >= 2 and x.dtype in FLOAT_DTYPES:
+        # No autograd needed: straight to the C++/CUDA op (registered from C++), which checks
+        # its input itself; the Python check runs only to word its error.
+        try:
+            kl = torch.ops.tiue.gaussian_kl_stats_native(_per_sample_rows(x))[0]
+        except RuntimeError:
+            check_gaussian_kl(x)
+            raise
+        note_choice("gaussian_kl", x.device.type, kernel.backend)
+        return kl
+    return _stats_kernel(x)[0]
+
+
+def gaussian_kl_composite(x: Tensor) -> Tensor:
+    """What a compiled graph (and plain_torch_ops) gets: the KL in standard ops, which inductor
+    fuses into its reductions (on an H200 the Triton KL took 221 us to eager PyTorch's 116)."""
+    check_gaussian_kl(x)
+    return gaussian_kl_stats_torch(x)[0]
 
 
 def check_gaussian_kl(x: torch.Tensor) -> None:
