@@ -5,10 +5,13 @@
 #   bash benchmarks/gpu_check.sh              # on the GPU machine, from anywhere in the checkout
 #   bash benchmarks/gpu_check.sh --dry-run    # or TIUE_E2E_DRY_RUN=1: the same steps on a CPU, tiny sizes
 #
-# Steps (each under its own time limit, cut to what is left of TIUE_GPU_CHECK_BUDGET, default
-# 470 s; every step runs even when an earlier one failed):
+# Steps, in this order (each under its own time limit, cut to what is left of TIUE_GPU_CHECK_BUDGET,
+# default 470 s; every step runs even when an earlier one failed):
 #   install            wheels carried in .whl/ (or $TIUE_WHEELS_DIR): diffusers, which the image lacks
 #   env                versions, the device, tiue's backends (env.json)
+#   e2e-sd21           SD2.1 shapes, fp16, 512 px, batch 1 and 8: rows b, c, c-compiled, d, e, f and
+#                      their UNet rows (compiled rows at batch 1; TIUE_GPU_CHECK_FULL=1: 8 too); first,
+#                      since the targets hang on it and its compiles take the most time
 #   build              tiue._C with its CUDA kernels, in place, for this GPU only (in the background
 #                      from the start; the steps that need it wait for it)
 #   correctness-triton / correctness-cuda
@@ -17,14 +20,12 @@
 #                      register spills (kernels.json)
 #   kernel-table       benchmarks/test_kernels.py --quick: host and device time, GB/s vs peak
 #   host-overhead      one call of each op on tiny CPU tensors against the expression it replaces
-#   e2e-sd21           SD2.1 shapes, fp16, 512 px, batch 1 and 8: rows b, c, c-compiled, d, e, f and
-#                      their UNet rows (compiled rows at batch 1; TIUE_GPU_CHECK_FULL=1: 8 too)
-#   e2e-sdxl           the SDXL pass f at 1024 px, batch 1
 #   train-step         one fp16 training step against the paper-style step, with peak memory
-#   attention-backward the op's CUDA backward: time, peak memory against its computed bound; then
-#                      benchmarks/test_attention_backward.py (each implementation, time and memory)
 #   fast-path          trace (fullgraph, SD and SDXL, guided and not), compile/capture/replay times,
 #                      weights reloaded or moved, inference_mode first, a guidance sweep
+#   e2e-sdxl           the SDXL pass f at 1024 px, batch 1
+#   attention-backward the op's CUDA backward: time, peak memory against its computed bound; then
+#                      benchmarks/test_attention_backward.py (each implementation, time and memory)
 #   targets            every target: met / not met / not measured (targets.md)
 # Everything goes to one folder: $OUT/gpu-check when $OUT is set (plus $OUT/gpu-check.tar.gz and
 # $OUT/summary.md), else benchmarks/results/gpu-check-<device>-<time>/ (a dry run: a temporary
@@ -125,6 +126,26 @@ else
   WAIT_FOR_BUILD='echo "dry run: the C++ extension built on first use is used; nothing to build"'
 fi
 
+# -- end to end -------------------------------------------------------------------------------
+E2E_COMMON=(-q -s -p no:cacheprovider --tiue-results-dir "$RESULTS" --tiue-fast-backend inductor)
+if [[ "$DRY" == 1 ]]; then
+  SD21=(--tiue-scale small --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
+        --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
+  SDXL=(--tiue-scale small-xl --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
+        --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
+else
+  COMPILED_BATCHES=1; [[ "${TIUE_GPU_CHECK_FULL:-0}" == 1 ]] && COMPILED_BATCHES=1,8
+  SD21=(--tiue-scale sd21 --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 512 --tiue-batch-sizes 1,8
+        --tiue-compiled-batch-sizes "$COMPILED_BATCHES" --tiue-rounds 5 --tiue-warmup 1 --tiue-row-timeout 45)
+  SDXL=(--tiue-scale sdxl --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 1024 --tiue-batch-sizes 1
+        --tiue-compiled-batch-sizes 1 --tiue-rounds 3 --tiue-warmup 1 --tiue-row-timeout 45)
+fi
+# First of all the steps, while the budget is whole: the targets hang on these rows, and a cold
+# inductor compile of an SD2.1 UNet took 71 s on an H200 (c-unet-compiled, 2026-11-30). Within the
+# step, the rows the targets need come first, so that a step cut short still has them.
+step e2e-sd21 260 "$PYTHON" -m pytest benchmarks/test_end_to_end.py "${E2E_COMMON[@]}" "${SD21[@]}" \
+  --tiue-rows f,c,d,f-unet,c-unet-compiled,c-compiled,e,b,c-unet,b-unet,d-unet,e-unet
+
 # -- kernels ----------------------------------------------------------------------------------
 OPS_TESTS=(tests/ops/test_ddim_combine.py tests/ops/test_gaussian_kl.py tests/ops/test_shared_kv_attention.py)
 if [[ "$DRY" == 1 ]]; then
@@ -149,25 +170,6 @@ fi
 step kernel-table 75 "$PYTHON" benchmarks/test_kernels.py "${TABLE_ARGS[@]}"
 step host-overhead 30 "$PYTHON" benchmarks/test_kernels.py "${OVERHEAD_ARGS[@]}"
 
-# -- end to end -------------------------------------------------------------------------------
-E2E_COMMON=(-q -s -p no:cacheprovider --tiue-results-dir "$RESULTS" --tiue-fast-backend inductor)
-if [[ "$DRY" == 1 ]]; then
-  SD21=(--tiue-scale small --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
-        --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
-  SDXL=(--tiue-scale small-xl --tiue-device cpu --tiue-dtype fp32 --tiue-image-size 32 --tiue-batch-sizes 1
-        --tiue-compiled-batch-sizes 1 --tiue-rounds 1 --tiue-warmup 0)
-else
-  COMPILED_BATCHES=1; [[ "${TIUE_GPU_CHECK_FULL:-0}" == 1 ]] && COMPILED_BATCHES=1,8
-  SD21=(--tiue-scale sd21 --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 512 --tiue-batch-sizes 1,8
-        --tiue-compiled-batch-sizes "$COMPILED_BATCHES" --tiue-rounds 5 --tiue-warmup 1 --tiue-row-timeout 45)
-  SDXL=(--tiue-scale sdxl --tiue-device cuda --tiue-dtype fp16 --tiue-image-size 1024 --tiue-batch-sizes 1
-        --tiue-compiled-batch-sizes 1 --tiue-rounds 3 --tiue-warmup 1 --tiue-row-timeout 45)
-fi
-# The rows the targets need first, so that a step cut short still has them.
-step e2e-sd21 200 "$PYTHON" -m pytest benchmarks/test_end_to_end.py "${E2E_COMMON[@]}" "${SD21[@]}" \
-  --tiue-rows f,c,d,f-unet,c-unet-compiled,c-compiled,e,b,c-unet,b-unet,d-unet,e-unet
-step e2e-sdxl 90 "$PYTHON" -m pytest benchmarks/test_end_to_end.py "${E2E_COMMON[@]}" "${SDXL[@]}" --tiue-rows f
-
 # -- training ---------------------------------------------------------------------------------
 if [[ "$DRY" == 1 ]]; then
   TRAIN_ENV=(TIUE_TRAIN_BENCH_SCALE=small TIUE_TRAIN_BENCH_PRECISION=no TIUE_TRAIN_BENCH_BATCH=1
@@ -178,10 +180,11 @@ else
 fi
 step train-step 80 env "${TRAIN_ENV[@]}" TIUE_TRAIN_BENCH_RESULTS_DIR="$RESULTS" \
   "$PYTHON" -m pytest -q -s -p no:cacheprovider benchmarks/test_train_step.py
+step fast-path 75 "$PYTHON" benchmarks/gpu_check.py fast-path "$RESULTS"
+step e2e-sdxl 90 "$PYTHON" -m pytest benchmarks/test_end_to_end.py "${E2E_COMMON[@]}" "${SDXL[@]}" --tiue-rows f
 step attention-backward 30 "$PYTHON" benchmarks/gpu_check.py attention-backward "$RESULTS"
 step attention-backward-table 30 env TIUE_RESULTS_DIR="$RESULTS" \
   "$PYTHON" -m pytest -q -s -p no:cacheprovider benchmarks/test_attention_backward.py
-step fast-path 75 "$PYTHON" benchmarks/gpu_check.py fast-path "$RESULTS"
 BUDGET=$(( BUDGET + 15 ))  # the report always gets its few seconds
 step targets 15 "$PYTHON" benchmarks/gpu_check.py targets "$RESULTS"
 

@@ -47,9 +47,9 @@ def test_dry_run_runs_every_step(tmp_path):
                          capture_output=True, text=True, timeout=1800)
     steps = list(csv.DictReader((results / "steps.tsv").open(), delimiter="\t"))
     names = [s["step"] for s in steps]
-    assert names == ["install", "env", "correctness-triton", "build", "correctness-cuda", "kernels", "kernel-table",
-                     "host-overhead", "e2e-sd21", "e2e-sdxl", "train-step", "attention-backward",
-                     "attention-backward-table", "fast-path", "targets"], run.stdout[-3000:]
+    assert names == ["install", "env", "e2e-sd21", "correctness-triton", "build", "correctness-cuda", "kernels",
+                     "kernel-table", "host-overhead", "train-step", "fast-path", "e2e-sdxl", "attention-backward",
+                     "attention-backward-table", "targets"], run.stdout[-3000:]
     failed = {s["step"]: s["status"] for s in steps if s["status"] != "ok"}
     assert not failed, {name: (results / f"{name}.log").read_text()[-2000:] for name in failed}
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
