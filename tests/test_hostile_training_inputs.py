@@ -236,7 +236,7 @@ def hostile_files(tmp: Path, marker: Path) -> dict[str, bytes]:
         "a merge-key bomb": _bomb_by_merges(6).encode() + b"\n",
         "a cycle": b"validation_prompts: &loop [*loop]\nworld: &w {a: *w}\n",
         "deep nesting": b"seed: " + b"[" * 50000 + b"\n",
-        "a key twice": b"seed: 1\nseed: 2\njob: teacher\n",
+        "a key twice": b"seed: 1\nseed: 2\n",
         "an integer of 5000 digits": b"seed: " + b"9" * 5000 + b"\n",
         "over a megabyte": b"# padding\n" * 120_000 + b"seed: 1\n",
     }
