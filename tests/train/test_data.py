@@ -92,7 +92,7 @@ def test_too_few_captions_for_one_step():
 @pytest.mark.parametrize(
     "changes, error, match",
     [
-        (dict(num_steps=0), ValueError, "--num-steps: expected an integer >= 1, got 0"),
+        (dict(num_steps=0), ValueError, "--num-steps: expected an integer from 1 to 1000, got 0"),
         (dict(batch_size=0), ValueError, "--batch-size"),
         (dict(mixed_precision="fp8"), ValueError, "--mixed-precision: expected one of no, fp16, bf16"),
         (dict(teacher=None), ValueError, "--teacher: required"),

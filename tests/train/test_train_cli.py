@@ -85,7 +85,7 @@ def test_cli_errors_name_the_flag_before_any_compute(tiny_pipeline_dir, captions
     code, err = run_cli([*base, "--captions", str(empty)], capsys)
     assert code == 1 and "error: --captions: no captions" in err
     code, err = run_cli([*base, "--num-steps", "0"], capsys)
-    assert code == 1 and "error: --num-steps: expected an integer >= 1, got 0" in err
+    assert code == 1 and "error: --num-steps: expected an integer from 1 to 1000, got 0" in err
     code, err = run_cli([*base, "--lambda-clip", "0.1"], capsys)
     assert code == 1 and "error: --lambda-clip: 0.1 needs --clip-model" in err
     code, err = run_cli([*base, "--clip-model", str(tmp_path / "no-clip"), "--lambda-clip", "0.1"], capsys)

@@ -2,7 +2,7 @@
 
     tiue world train --config configs/shapes-teacher.yaml [--output-dir DIR] [--set teacher.steps=10] [--resume | --overwrite]
     tiue world captions --out configs/shapes-captions.txt
-    tiue world embed --source runs/shapes-tiue/final --name shapes [--fp16]
+    tiue world embed --source runs/shapes-tiue/final --name shapes [--fp16] [--overwrite]
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ __all__ = ["add_arguments", "run", "parse_assignment"]
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
-    """'teacher.steps=10' -> ('teacher.steps', 10); the value is read as YAML (numbers, lists)."""
-    import yaml
+    """'teacher.steps=10' -> ('teacher.steps', 10); the value is read as YAML (numbers, lists),
+    by the recipe files' bounded loader."""
+    from tiue.yaml_loading import SettingsFileError, load_settings_text
 
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    key, _, value = text.partition("=")
+    if not _ or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r:.80}")
+    try:
+        return key.strip(), load_settings_text(value, key.strip())
+    except SettingsFileError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     embed.add_argument("--source", type=Path, required=True, help="a pipeline folder or a feature-network folder")
     embed.add_argument("--name", required=True, help="the embedded name (e.g. shapes, shapes-teacher, shapes-features)")
     embed.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    embed.add_argument("--overwrite", action="store_true",
+                       help="replace an embedded model of that name (one the package ships, or an earlier embed)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -59,5 +65,5 @@ def run(args: argparse.Namespace) -> None:
     else:
         from tiue.world.embedding import embed_model
 
-        target = embed_model(args.source, args.name, fp16=args.fp16)
+        target = embed_model(args.source, args.name, fp16=args.fp16, overwrite=args.overwrite)
         print(f"embedded {args.source} as {args.name!r} in {target}")

@@ -177,7 +177,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError/TypeError naming the flag for anything wrong on its face."""
+        from tiue.train.validation import check_train_settings
+
         self._check_no_empty_paths()
+        check_train_settings(self)  # every field's kind and range (tiue/train/validation.py)
         for name in ("teacher", "captions"):
             if not getattr(self, name):
                 raise ValueError(f"{flag_name(name)}: required, got nothing")
@@ -306,20 +309,9 @@ def canonical_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from tiue.yaml_loading import load_settings_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--config: no such file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config: {path} is not valid YAML: {error}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"--config: {path} must hold a mapping of settings, got {type(data).__name__}")
-    return data
+    return load_settings_file(path, "--config")
 
 
 def _as_string_tuple(name: str, value) -> tuple[str, ...]:

@@ -26,13 +26,22 @@ __all__ = ["embed_model", "HALF_PRECISION_FOLDERS"]
 HALF_PRECISION_FOLDERS = ("unet", "vae", "text_encoder", ".")
 
 
-def embed_model(source: str | Path, name: str, fp16: bool = False, root: Path = EMBEDDED_DIR) -> Path:
+def embed_model(
+    source: str | Path, name: str, fp16: bool = False, root: Path = EMBEDDED_DIR, overwrite: bool = False
+) -> Path:
+    """Copy `source` to root/name; an existing model of that name (a shipped one, say) is
+    replaced only with overwrite=True."""
     source = Path(source)
     if not ((source / "model_index.json").is_file() or (source / "config.json").is_file()):
         raise ValueError(f"--source: expected a pipeline folder (model_index.json) or a feature-network folder (config.json), got {source}")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--name: expected a plain folder name such as 'shapes', got {name!r}")
     target = root / name
+    if target.exists() and not overwrite:
+        raise ValueError(
+            f"--name: {name!r} is already an embedded model ({target}); pass --overwrite to replace it, "
+            "or choose another name"
+        )
     components = _pipeline_components(source)
     with atomic_directory(target) as tmp:
         for item in source.rglob("*"):

@@ -22,12 +22,11 @@ from typing import Any
 from tiue.data.shapes import WorldConfig
 from tiue.world.checkpoints import StageCheckpoint
 from tiue.files import atomic_directory, write_text_atomically
+from tiue.world.recipe_settings import JOBS, check_recipe
+from tiue.yaml_loading import load_settings_file
 
 __all__ = ["JOBS", "load_recipe", "run_recipe", "RecipeResult"]
 
-JOBS = ("teacher", "features")
-_COMMON = {"job", "output_dir", "seed", "num_threads", "dataset_size", "world"}
-_SECTIONS = {"teacher": {"text_encoder", "vae", "teacher", "teacher_finetune"}, "features": {"features"}}
 _STAGES = {"teacher": ("vae", "teacher", "teacher_finetune"), "features": ("features",)}
 
 
@@ -38,21 +37,8 @@ class RecipeResult:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--config: no such file: {path}")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"--config: expected a mapping of settings in {path}, got {type(recipe).__name__}")
-    job = recipe.get("job")
-    if job not in JOBS:
-        raise ValueError(f"job: expected one of {', '.join(JOBS)} in {path}, got {job!r}")
-    unknown = set(recipe) - _COMMON - _SECTIONS[job]
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} for job {job!r}; accepted: {sorted(_COMMON | _SECTIONS[job])}")
-    return recipe
+    """A recipe file, read as bounded plain YAML and checked key by key (tiue/world/recipe_settings.py)."""
+    return check_recipe(load_settings_file(path, "--config"), str(path))
 
 
 def _settings(cls, values: dict | None, name: str):
@@ -78,7 +64,8 @@ def run_recipe(
 
     from tiue.world.training import set_threads
 
-    recipe = _apply_overrides(recipe, overrides or {})
+    # Checked again with the overrides in, before anything is drawn, trained or written.
+    recipe = check_recipe(_apply_overrides(recipe, overrides or {}), "the recipe with its --set values")
     set_threads(recipe.get("num_threads"))
     output_dir = Path(recipe.get("output_dir") or f"runs/shapes-{recipe['job']}")
     checkpoints = output_dir / "checkpoints"
@@ -100,8 +87,6 @@ def run_recipe(
 
 def _check_resume(output_dir: Path, recipe: dict[str, Any], resume: bool, overwrite: bool) -> None:
     import shutil
-
-    import yaml
 
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: pick one (continue the run, or start it over)")
@@ -127,7 +112,7 @@ def _check_resume(output_dir: Path, recipe: dict[str, Any], resume: bool, overwr
             f"--output-dir: {output_dir} already holds a run of this recipe; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    saved = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    saved = load_settings_file(output_dir / "recipe.yaml", "--resume")
     # Thread count changes speed, not results: a sitting on a busier machine may use fewer.
     changed = sorted(k for k in set(saved) | set(recipe) if k != "num_threads" and saved.get(k) != recipe.get(k))
     if changed:
@@ -142,7 +127,11 @@ def _apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[
     for key, value in overrides.items():
         if "." in key:
             section, name = key.split(".", 1)
-            recipe.setdefault(section, {})[name] = value
+            if recipe.get(section) is None:
+                recipe[section] = {}
+            if not isinstance(recipe[section], dict):
+                raise ValueError(f"--set {key}: {section!r} is not a section of settings, it holds {recipe[section]!r:.80}")
+            recipe[section][name] = value
         else:
             recipe[key] = value
     return recipe
