@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # fraction: a number in [0, 1]. Optional ones also take null (their default).
 NUMERIC = {
     "max_steps": "count", "epochs": "count", "batch_size": "count", "global_batch_size": "count",
-    "gradient_accumulation_steps": "count", "resolution": "count", "num_steps": "count", "lora_rank": "count",
+    "gradient_accumulation_steps": "count", "kl_reference_batch_size": "count", "resolution": "count", "num_steps": "count", "lora_rank": "count",
     "checkpoint_every": "count", "keep_checkpoints": "count", "max_consecutive_nonfinite": "count",
     "log_every": "count", "lr_warmup_steps": "index", "validate_every": "index", "seed": "index",
     "vsd_min_timestep": "index", "vsd_max_timestep": "index",

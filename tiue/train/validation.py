@@ -40,7 +40,8 @@ TRAIN_SETTINGS: dict[str, Rule] = {
     "gradient_accumulation_steps": Integer(1, 10**4),
     "resolution": Integer(8, 16384, optional=True),
     "num_steps": Integer(1, 1000),  # K decoder steps within a 1000-step training schedule
-    "lambda_kl": Number(0, WEIGHT),
+    "lambda_kl": Number(0, WEIGHT),  # per sample of kl_reference_batch_size prompts (docs/training.md)
+    "kl_reference_batch_size": Integer(1, 65536),
     "kl_target": Choice(KL_TARGETS),
     "guidance_scale": Number(0, 100),
     "learning_rate": Number(0, 1, low_open=True),
@@ -72,6 +73,7 @@ TRAIN_SETTINGS: dict[str, Rule] = {
     "keep_checkpoints": Integer(1, 10**6),
     "resume": Text(optional=True),
     "overwrite": Flag(),
+    "allow_setting_changes": Flag(),
     "max_consecutive_nonfinite": Integer(1, STEPS),
     "validate_every": Integer(0, STEPS),
     "validation_prompts": TextList(),
