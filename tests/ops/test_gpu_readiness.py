@@ -148,18 +148,19 @@ def test_gpu_scripts_refuse_to_measure_the_wrong_backend():
 
 
 def test_cuda_defaults_follow_the_h200_measurements(monkeypatch):
-    """With every backend live (as on a GPU machine with a build), CUDA tensors take the Triton
-    ddim_combine (faster than eager there) but SDPA and plain PyTorch for attention and the KL
-    (the kernels measured slower); forcing a backend still selects the kernel."""
+    """With every backend live (as on a GPU machine with a build), CUDA tensors take the CUDA
+    extension's ddim_combine and KL statistics (the cheapest eager calls on the H200, in host and
+    device time), SDPA for attention and plain PyTorch for the KL backward; forcing a backend
+    still selects the kernel."""
     from tiue.ops.ddim_combine import DISPATCHER as ddim_combine
     from tiue.ops.gaussian_kl import STATS_DISPATCHER as gaussian_kl_stats
     from tiue.ops.shared_kv_attention import DISPATCHER as shared_kv_attention
 
     monkeypatch.setattr(dispatch, "unavailable_reason", lambda backend: None)
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
-    assert ddim_combine.choose("cuda").backend == "triton"
+    assert ddim_combine.choose("cuda").backend == "cuda"
     assert shared_kv_attention.choose("cuda").backend == "torch"
-    assert gaussian_kl_stats.choose("cuda").backend == "torch"
+    assert gaussian_kl_stats.choose("cuda").backend == "cuda"
     assert shared_kv_attention.choose("cpu").backend == "torch"  # no CPU kernel
     monkeypatch.setenv(dispatch.ENV_VAR, "triton")
     assert shared_kv_attention.choose("cuda").backend == "triton"
