@@ -10,25 +10,12 @@ from pathlib import Path
 from tiue.train import Trainer
 from tiue.train.checkpoint import list_checkpoints, read_checkpoint
 
+from pausing_trainer import pausing_train_script
+
 REPO = Path(__file__).resolve().parents[2]
 # `tiue train` in a child process whose writer of checkpoint 2 stops halfway (after the EMA
 # weights, before the LoRA, the optimizers and state.json) until it is killed.
-PAUSING_TRAIN = """
-import sys, time
-from pathlib import Path
-import tiue.train.checkpoint as checkpoint
-from tiue.cli import main
-
-write = checkpoint.save_file
-def pausing(tensors, filename, *args, **kwargs):
-    write(tensors, filename, *args, **kwargs)
-    path = Path(filename)
-    if path.name == "ema.safetensors" and path.parent.name.startswith(".checkpoint-00000002"):
-        (path.parent / "PAUSED").touch()
-        time.sleep(120)
-checkpoint.save_file = pausing
-sys.exit(main(sys.argv[1:]))
-"""
+PAUSING_TRAIN = pausing_train_script(2)
 
 
 def test_sigkill_mid_write_keeps_the_previous_checkpoint(make_config, tmp_path):

@@ -14,6 +14,8 @@ from tiue.train import Trainer, TrainConfig
 from tiue.train.checkpoint import list_checkpoints
 from tiue.train.folder_lock import LOCK_NAME, FolderLock
 
+from pausing_trainer import pausing_train_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -87,22 +89,7 @@ def test_the_cli_refuses_an_empty_output_dir_in_one_line(tmp_path, captions_file
 
 
 # `tiue train` whose writer of checkpoint 1 stops halfway (after the EMA weights) for two minutes.
-PAUSING_TRAIN = """
-import sys, time
-from pathlib import Path
-import tiue.train.checkpoint as checkpoint
-from tiue.cli import main
-
-write = checkpoint.save_file
-def pausing(tensors, filename, *args, **kwargs):
-    write(tensors, filename, *args, **kwargs)
-    path = Path(filename)
-    if path.name == "ema.safetensors" and path.parent.name.startswith(".checkpoint-00000001"):
-        (path.parent / "PAUSED").touch()
-        time.sleep(120)
-checkpoint.save_file = pausing
-sys.exit(main(sys.argv[1:]))
-"""
+PAUSING_TRAIN = pausing_train_script(1)
 
 
 def _train_process(args: list[str], cwd: Path, pause: bool = False) -> subprocess.Popen:
