@@ -17,6 +17,7 @@ def test_sample_loads_once_and_seeds(tiny_pipeline_dir):
 
 
 def test_sample_without_a_model_uses_the_embedded_default(monkeypatch):
+    import tiue.embedded
     import tiue.sampling
     from tiue.embedded import default_model
 
@@ -27,7 +28,7 @@ def test_sample_without_a_model_uses_the_embedded_default(monkeypatch):
         images = tiue.sample("a red circle", seed=0)
         assert len(images) == 1 and images[0].size == (32, 32)
     # Without an embedded default, the model is required and the error says so.
-    monkeypatch.setattr(tiue.sampling, "default_model", lambda: None)
+    monkeypatch.setattr(tiue.embedded, "default_model", lambda: None)
     with pytest.raises(ValueError, match="^model: required"):
         tiue.sample("a cat")
 

@@ -61,5 +61,5 @@ def test_the_official_batch_weighs_the_kl_sum_with_lambda_kl_itself():
 
 
 def test_the_kl_reference_batch_must_be_a_positive_integer():
-    with pytest.raises(ValueError, match="--kl-reference-batch-size: expected an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="--kl-reference-batch-size: expected an integer from 1 to 65536, got 0"):
         TrainConfig(teacher="t", captions="c", kl_reference_batch_size=0).check()
