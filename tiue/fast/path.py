@@ -230,7 +230,8 @@ class FastPath:
             self._seen.clear()
             _log.warning(
                 "fast path: the UNet or VAE weights moved since the CUDA graphs were captured "
-                "(.to(), offload, a LoRA fuse or a memory-format change); recapturing"
+                "(.to(), offload, a LoRA fuse or a memory-format change); recapturing (and recompiling where "
+                "their strides, dtypes or devices changed)"
             )
         step_key = _as_key(timesteps)
         timesteps, temb = self.step_constants(step_key, latents.dtype, self.unet.device)
