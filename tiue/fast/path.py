@@ -172,17 +172,19 @@ class FastPath:
             self._run = OpenVINOPass(self.one_pass)
         elif not compile:
             self._run = self.one_pass
+        elif freeze_weights:
+            # The weights become constants of the code, not inputs with strides to assert.
+            self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, options={"freezing": True})
         else:
-            settings = {"options": {"freezing": True}} if freeze_weights else {"mode": compile_mode}
-            compiled = torch.compile(_layout_keyed(self.one_pass), fullgraph=True, dynamic=False, **settings)
+            compiled = torch.compile(_LayoutKeyed(self.one_pass), fullgraph=True, dynamic=False, mode=compile_mode)
             self._run = lambda *args: compiled(self._weights.relayouts, *args)
         self._compiled = compile or backend == "openvino"
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
         # Captured graphs bake weight addresses in; inductor's code bakes their strides in (its
-        # asserts fail on others), and dynamo does not always check them (see _layout_keyed).
-        inductor = compile and backend == "inductor"
-        self._weights = WeightWatch((unet, vae)) if cuda_graphs or inductor else None
+        # asserts fail on others), and dynamo does not always check them (see _LayoutKeyed).
+        keyed = compile and backend == "inductor" and not freeze_weights
+        self._weights = WeightWatch((unet, vae)) if cuda_graphs or keyed else None
         # (timesteps, dtype, device) -> (the timesteps on the device, the K decoders' embeddings)
         self._step_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -313,21 +315,23 @@ class FastPath:
             self._run.clear()
 
 
-def _layout_keyed(one_pass):
-    """The pass, compiled per layout of the weights: its first argument counts the weight watch's
-    relayouts, and comparing it makes dynamo guard its value, so new strides (a memory-format
-    change), shapes, dtypes or devices of the weights recompile. Dynamo's own guards on parameter
-    strides are skipped where it takes a module's unchanged dicts as proof that nothing under it
-    changed (torch 2.11's default, use_recursive_dict_tags_for_guards), and a memory-format change
-    gives the same Parameter objects new storage without touching a dict: the code compiled for
-    the old strides ran and failed its stride asserts."""
+class _LayoutKeyed(torch.nn.Module):
+    """The pass, compiled per layout of the weights: forward's first argument counts the weight
+    watch's relayouts, and comparing it makes dynamo guard its value, so new strides (a
+    memory-format change), shapes, dtypes or devices of the weights recompile. Dynamo's own guards
+    on parameter strides are skipped where it takes a module's unchanged dicts as proof that
+    nothing under it changed (torch 2.11's default, use_recursive_dict_tags_for_guards), and a
+    memory-format change gives the same Parameter objects new storage without touching a dict:
+    the code compiled for the old strides ran and failed its stride asserts."""
 
-    def run(relayouts: int, *args):
+    def __init__(self, one_pass: OnePass):
+        super().__init__()
+        self.one_pass = one_pass
+
+    def forward(self, relayouts: int, *args):
         if relayouts < 0:
             raise ValueError(f"relayouts: expected a count, got {relayouts}")
-        return one_pass(*args)
-
-    return run
+        return self.one_pass(*args)
 
 
 def _as_key(timesteps) -> tuple[int, ...]:
