@@ -333,11 +333,12 @@ def test_a_bad_tensor_leaves_the_live_unet_untouched(tiny_pipeline_dir, bad):
 
 
 def test_a_weight_layout_change_recompiles_the_compiled_pass(tiny_pipeline_dir):
-    """Under torch 2.11 dynamo skipped the stride guards of parameters (`.to(memory_format=...)`
-    keeps the same Parameter objects and gives them new storage), so code inductor compiled for
-    channels_last weights ran on contiguous ones and failed its stride asserts (seen on an H200,
-    after the CUDA graphs were recaptured). A layout change must recompile the pass; the fast
-    path keys its compiled code to the weight watch's relayouts, whatever dynamo guards."""
+    """Under torch 2.11 on an H200 dynamo reused code inductor compiled for channels_last weights
+    after `.to(memory_format=torch.contiguous_format)` (the same Parameter objects, new storage)
+    and its stride asserts failed, after the CUDA graphs were recaptured. A layout change must
+    recompile the pass: the fast path keys its compiled code to the weight watch's relayouts,
+    whatever dynamo guards (torch 2.13 here guards the strides itself, so the images alone would
+    not show the old failure)."""
     eager = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
     fast = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
     for pipe in (eager, fast):
@@ -345,8 +346,9 @@ def test_a_weight_layout_change_recompiles_the_compiled_pass(tiny_pipeline_dir):
     torch._dynamo.reset()
     stats = fast.enable_fast_path(backend="inductor")
     kwargs = dict(latents=latents(1), output_type="latent")
-    # torch 2.11's default (2.13 turned it off): guards under a module whose dicts are unchanged
-    # are skipped, and a memory-format change leaves them unchanged.
+    # torch 2.11's default (2.13 turned it off; here dynamo still recompiles with it on): guards
+    # under a module whose dicts are unchanged may be skipped, and a memory-format change leaves
+    # the dicts as they were.
     with torch._dynamo.config.patch(use_recursive_dict_tags_for_guards=True):
         first = fast(PROMPTS[:1], **kwargs).images
         expected = eager(PROMPTS[:1], **kwargs).images

@@ -319,10 +319,10 @@ class _LayoutKeyed(torch.nn.Module):
     """The pass, compiled per layout of the weights: forward's first argument counts the weight
     watch's relayouts, and comparing it makes dynamo guard its value, so new strides (a
     memory-format change), shapes, dtypes or devices of the weights recompile. Dynamo's own guards
-    on parameter strides are skipped where it takes a module's unchanged dicts as proof that
-    nothing under it changed (torch 2.11's default, use_recursive_dict_tags_for_guards), and a
-    memory-format change gives the same Parameter objects new storage without touching a dict:
-    the code compiled for the old strides ran and failed its stride asserts."""
+    on parameter strides did not: with torch 2.11 on an H200 the code compiled for channels_last
+    weights ran on contiguous ones and failed its stride asserts (likely its default
+    use_recursive_dict_tags_for_guards, which skips guards under modules whose dicts did not
+    change; a memory-format change gives the same Parameter objects new storage, no dict moves)."""
 
     def __init__(self, one_pass: OnePass):
         super().__init__()
