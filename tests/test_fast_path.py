@@ -330,3 +330,33 @@ def test_a_bad_tensor_leaves_the_live_unet_untouched(tiny_pipeline_dir, bad):
         pipe.load_unet_weights(state)
     for key, value in pipe.unet.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_weight_layout_change_recompiles_the_compiled_pass(tiny_pipeline_dir):
+    """Under torch 2.11 on an H200 dynamo reused code inductor compiled for channels_last weights
+    after `.to(memory_format=torch.contiguous_format)` (the same Parameter objects, new storage)
+    and its stride asserts failed, after the CUDA graphs were recaptured. A layout change must
+    recompile the pass: the fast path keys its compiled code to the weight watch's relayouts,
+    whatever dynamo guards (torch 2.13 here guards the strides itself, so the images alone would
+    not show the old failure)."""
+    eager = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    fast = TiUEPipeline.from_pretrained(tiny_pipeline_dir)
+    for pipe in (eager, fast):
+        pipe.set_progress_bar_config(disable=True)
+    torch._dynamo.reset()
+    stats = fast.enable_fast_path(backend="inductor")
+    kwargs = dict(latents=latents(1), output_type="latent")
+    # torch 2.11's default (2.13 turned it off; here dynamo still recompiles with it on): guards
+    # under a module whose dicts are unchanged may be skipped, and a memory-format change leaves
+    # the dicts as they were.
+    with torch._dynamo.config.patch(use_recursive_dict_tags_for_guards=True):
+        first = fast(PROMPTS[:1], **kwargs).images
+        expected = eager(PROMPTS[:1], **kwargs).images
+        assert relative_error(first, expected) <= 1e-3
+        fast.unet.to(memory_format=torch.contiguous_format)
+        assert fast.unet.conv_in.weight.is_contiguous()
+        moved = fast(PROMPTS[:1], **kwargs).images
+    assert relative_error(moved, expected) <= 1e-3
+    assert stats.compiled_signatures == 1
+    # The fast path itself keys its compiled code to the layout (one relayout: one recompile).
+    assert fast._fast_path._weights.relayouts == 1

@@ -173,14 +173,18 @@ class FastPath:
         elif not compile:
             self._run = self.one_pass
         elif freeze_weights:
+            # The weights become constants of the code, not inputs with strides to assert.
             self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, options={"freezing": True})
         else:
-            self._run = torch.compile(self.one_pass, fullgraph=True, dynamic=False, mode=compile_mode)
+            compiled = torch.compile(_LayoutKeyed(self.one_pass), fullgraph=True, dynamic=False, mode=compile_mode)
+            self._run = lambda *args: compiled(self._weights.relayouts, *args)
         self._compiled = compile or backend == "openvino"
         self._seen: set[GraphKey] = set()
         self.graphs = GraphCache(use_cuda_graphs=cuda_graphs)
-        # Only captured graphs bake weight addresses in; compiled code reads the live tensors.
-        self._weights = WeightWatch((unet, vae)) if cuda_graphs else None
+        # Captured graphs bake weight addresses in; inductor's code bakes their strides in (its
+        # asserts fail on others), and dynamo does not always check them (see _LayoutKeyed).
+        keyed = compile and backend == "inductor" and not freeze_weights
+        self._weights = WeightWatch((unet, vae)) if cuda_graphs or keyed else None
         # (timesteps, dtype, device) -> (the timesteps on the device, the K decoders' embeddings)
         self._step_constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -228,7 +232,8 @@ class FastPath:
             self._seen.clear()
             _log.warning(
                 "fast path: the UNet or VAE weights moved since the CUDA graphs were captured "
-                "(.to(), offload, a LoRA fuse or a memory-format change); recapturing"
+                "(.to(), offload, a LoRA fuse or a memory-format change); recapturing (and recompiling where "
+                "their strides, dtypes or devices changed)"
             )
         step_key = _as_key(timesteps)
         timesteps, temb = self.step_constants(step_key, latents.dtype, self.unet.device)
@@ -308,6 +313,25 @@ class FastPath:
         self._step_constants.clear()
         if self.backend == "openvino":
             self._run.clear()
+
+
+class _LayoutKeyed(torch.nn.Module):
+    """The pass, compiled per layout of the weights: forward's first argument counts the weight
+    watch's relayouts, and comparing it makes dynamo guard its value, so new strides (a
+    memory-format change), shapes, dtypes or devices of the weights recompile. Dynamo's own guards
+    on parameter strides did not: with torch 2.11 on an H200 the code compiled for channels_last
+    weights ran on contiguous ones and failed its stride asserts (likely its default
+    use_recursive_dict_tags_for_guards, which skips guards under modules whose dicts did not
+    change; a memory-format change gives the same Parameter objects new storage, no dict moves)."""
+
+    def __init__(self, one_pass: OnePass):
+        super().__init__()
+        self.one_pass = one_pass
+
+    def forward(self, relayouts: int, *args):
+        if relayouts < 0:
+            raise ValueError(f"relayouts: expected a count, got {relayouts}")
+        return self.one_pass(*args)
 
 
 def _as_key(timesteps) -> tuple[int, ...]:

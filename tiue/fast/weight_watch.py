@@ -14,6 +14,8 @@ count the registrations made on any watched module (a module of a watched model 
 listed; modules that others build, such as the ModuleList a diffusers block slices on each eager
 forward, do not count): when the count moved, the list is made again and compared in full
 (addresses, strides, dtypes).
+`relayouts` counts the moves that changed more than addresses (strides, shapes, dtypes, devices):
+those need compiled code made for the new layout, not only new graphs.
 """
 
 from __future__ import annotations
@@ -63,10 +65,15 @@ class WeightWatch:
     def __init__(self, models: Iterable[nn.Module]):
         _install_hooks()
         self.models = tuple(models)
+        self.relayouts = 0  # times moved() found new strides, shapes, dtypes or devices
         self._snapshot()
 
     def _layout(self) -> tuple:
         return tuple((t.data_ptr(), t.stride(), t.dtype) for t in self._tensors)
+
+    def _shapes(self) -> tuple:
+        # What compiled code is specialised to (addresses aside): new values here need a recompile.
+        return tuple((t.shape, t.stride(), t.dtype, t.device) for t in self._tensors)
 
     def _snapshot(self) -> None:
         self._registrations = _registrations
@@ -75,10 +82,13 @@ class WeightWatch:
         self._tensors = [t for model in self.models for t in (*model.parameters(), *model.buffers())]
         self._pointers = [t.data_ptr() for t in self._tensors]
         self._full = self._layout()
+        self._shaped = self._shapes()
 
     def moved(self) -> bool:
         if self._registrations == _registrations and list(map(_data_ptr, self._tensors)) == self._pointers:
             return False
-        before = self._full
+        before, shapes = self._full, self._shaped
         self._snapshot()
+        if self._shaped != shapes:
+            self.relayouts += 1
         return self._full != before
