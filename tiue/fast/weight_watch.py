@@ -37,6 +37,11 @@ _watched: weakref.WeakSet = weakref.WeakSet()  # every module of every watched m
 
 def _count(module, _name, _value) -> None:  # returns None: the registered object is kept as it is
     global _registrations
+    # Code being traced registers throwaway modules (the ModuleList a diffusers block slices);
+    # reading the WeakSet there made dynamo guard on its contents, which the garbage collector
+    # changes (a flaky IndexError while building the guards). Real moves happen outside traces.
+    if torch.compiler.is_compiling():
+        return
     if module in _watched:
         _registrations += 1
 
